@@ -1,0 +1,5 @@
+import sys
+
+from sftgate.cli import main
+
+sys.exit(main())
