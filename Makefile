@@ -1,6 +1,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+LINT_PATHS = sftgate tests $(wildcard benchmarks scripts)
 
 .PHONY: setup test lint format demo
 
@@ -14,13 +15,13 @@ test:  ## the default test tiers (no GPU, no real model)
 	$(BIN)/python -m pytest -q
 
 lint:
-	$(BIN)/ruff check sftgate tests benchmarks scripts
-	$(BIN)/ruff format --check sftgate tests benchmarks scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 format:
-	$(BIN)/ruff format sftgate tests benchmarks scripts
-	$(BIN)/ruff check --fix sftgate tests benchmarks scripts
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 demo:
 	$(BIN)/sftgate demo
