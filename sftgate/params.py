@@ -17,7 +17,9 @@ class TrainParams(StrictModel):
     max_steps: int = Field(20, gt=0, description="optimizer steps; the first knob the search turns")
     lr: float = Field(2e-4, gt=0, description="peak learning rate; small moves (±0.5e-4)")
     max_length: int = Field(
-        1024, ge=64, description="tokens per example (prompt + completion); higher keeps more passages, costs memory and time"
+        1024,
+        ge=64,
+        description="tokens per example (prompt + completion); higher keeps more passages, costs memory and time",
     )
     batch_size: int = Field(1, gt=0, description="examples per device per step")
     lora_r: int = Field(16, gt=0, description="LoRA rank; higher adds capacity and memory")
@@ -26,7 +28,9 @@ class TrainParams(StrictModel):
     # Beyond the seed: documented defaults that keep round 0 exactly the seed's smoke config.
     grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of max_steps spent warming up")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warm-up")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="decay after warm-up"
+    )
     seed: int = Field(0, description="seeds data order, LoRA init and dropout")
 
     def seed_view(self) -> dict[str, float | int]:
@@ -34,4 +38,12 @@ class TrainParams(StrictModel):
         return {k: getattr(self, k) for k in SEED_PARAM_NAMES}
 
 
-SEED_PARAM_NAMES = ("max_steps", "lr", "batch_size", "max_length", "lora_r", "lora_alpha", "lora_dropout")
+SEED_PARAM_NAMES = (
+    "max_steps",
+    "lr",
+    "batch_size",
+    "max_length",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+)

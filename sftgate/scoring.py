@@ -1,0 +1,367 @@
+"""The eval JSON v2 scorer: parse -> validate -> per-field scores -> eval_score -> aggregates.
+
+Pure functions over plain data (no models, tokenizers or databases). The rules are written down in
+docs/scoring/eval_json_v2.md; this module follows them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftgate.errors import InputError, Problem
+from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
+from sftgate.paths import package_resource
+from sftgate.questions import Passage, QuestionSet, Reference, read_json_records
+from sftgate.textnorm import squash_ws, tokens
+
+SCORING_VERSION = "eval_json_v2.0"
+SCHEMA_PATH = package_resource("eval_json_v2.schema.json")
+
+REFUSAL_ZH = "知識庫中沒有足夠資訊回答此問題。"
+REFUSAL_EN = "The knowledge base does not contain enough information to answer this question."
+REFUSALS = (REFUSAL_ZH, REFUSAL_EN)
+
+# eval_score = 100 * sum(weight * field score); the weights sum to 1.
+WEIGHTS = {
+    "answer_f1": 0.35,
+    "detailed_description_f1": 0.25,
+    "original_evidence": 0.20,
+    "grounding": 0.20,
+}
+
+METRIC_KEYS = (
+    "eval_score_avg",
+    "schema_pass_rate",
+    "grounding_avg",
+    "detailed_description_f1",
+    "original_evidence",
+    "answer_f1",
+    "context_recall",
+)
+
+
+# ---------------------------------------------------------------- parse and validate
+
+
+def parse_output(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """One JSON object, optionally surrounded by whitespace, and nothing else.
+
+    Returns (object, None) or (None, reason). Code fences, a <think> block (even an empty one),
+    text before or after the object, or a non-object are failures with a named reason.
+    """
+    s = text.strip()
+    if not s:
+        return None, "empty output"
+    if "<think>" in s or "</think>" in s:
+        return None, "contains a <think> block"
+    if s.startswith("```"):
+        return None, "wrapped in a code fence"
+    if not s.startswith("{"):
+        return None, "text before the JSON object"
+    try:
+        obj, end = json.JSONDecoder().raw_decode(s)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e.msg} at character {e.pos}"
+    if s[end:].strip():
+        return None, "text after the JSON object"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    return obj, None
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+
+
+def schema_errors(obj: Any) -> list[str]:
+    """Violations of the shipped JSON Schema, as 'path: message' lines (empty when valid)."""
+    errors = sorted(_validator().iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors]
+
+
+# ---------------------------------------------------------------- per-field scores
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Bag-of-tokens F1 (tokens as in sftgate.textnorm.tokens); 1.0 when both are empty."""
+    p, r = Counter(tokens(prediction)), Counter(tokens(reference))
+    if not p and not r:
+        return 1.0
+    common = sum((p & r).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / sum(p.values()), common / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_refusal(answer: str) -> bool:
+    return squash_ws(answer) in {squash_ws(r) for r in REFUSALS}
+
+
+def is_unanswerable(reference: Reference) -> bool:
+    return not reference.original_evidence and is_refusal(reference.answer)
+
+
+def verbatim_in(quote: str, passages: Sequence[Passage]) -> bool:
+    q = squash_ws(quote)
+    return bool(q) and any(q in squash_ws(p.text) for p in passages)
+
+
+def evidence_coverage(
+    predicted: Sequence[str], reference: Sequence[str], passages: Sequence[Passage]
+) -> float:
+    """Mean over reference quotes of the share of its tokens covered by the verbatim predicted quotes.
+
+    Predicted quotes that do not occur verbatim in the given passages count for nothing.
+    """
+    if not reference:
+        return 1.0 if not predicted else 0.0
+    pool: Counter[str] = Counter()
+    for quote in predicted:
+        if verbatim_in(quote, passages):
+            pool |= Counter(tokens(quote))
+    shares = []
+    for ref in reference:
+        need = Counter(tokens(ref))
+        total = sum(need.values())
+        shares.append(sum((need & pool).values()) / total if total else 1.0)
+    return sum(shares) / len(shares)
+
+
+def grounding(
+    anchors: Sequence[Mapping[str, str]], passages: Sequence[Passage], unanswerable: bool
+) -> float:
+    """Share of anchors whose text occurs in a given passage with exactly that source_path."""
+    if not anchors:
+        return 1.0 if unanswerable else 0.0
+    ok = 0
+    for a in anchors:
+        same_path = [p for p in passages if p.source_path == a["source_path"]]
+        ok += verbatim_in(a["text"], same_path)
+    return ok / len(anchors)
+
+
+def context_recall(reference: Reference, passages: Sequence[Passage]) -> float | None:
+    """Share of reference evidence quotes present in the passages; None for unanswerable questions."""
+    if not reference.original_evidence:
+        return None
+    found = sum(verbatim_in(q, passages) for q in reference.original_evidence)
+    return found / len(reference.original_evidence)
+
+
+@dataclass(frozen=True)
+class QuestionScore:
+    id: str
+    schema_ok: bool
+    schema_error: str | None
+    answer_f1: float
+    detailed_description_f1: float
+    original_evidence: float
+    grounding: float
+    context_recall: float | None
+    eval_score: float  # 0-100
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_question(
+    qid: str, output: str, reference: Reference, passages: Sequence[Passage]
+) -> QuestionScore:
+    recall = context_recall(reference, passages)
+    obj, reason = parse_output(output)
+    if obj is not None:
+        errors = schema_errors(obj)
+        reason = "; ".join(errors) if errors else None
+    if obj is None or reason is not None:
+        return QuestionScore(qid, False, reason, 0.0, 0.0, 0.0, 0.0, recall, 0.0)
+    unanswerable = is_unanswerable(reference)
+    if unanswerable and not is_refusal(obj["answer"]):
+        # An answer to a question the handbook cannot answer is made up: nothing in it counts.
+        return QuestionScore(qid, True, None, 0.0, 0.0, 0.0, 0.0, recall, 0.0)
+    if unanswerable:
+        answer = dd = 1.0
+    else:
+        answer = token_f1(obj["answer"], reference.answer)
+        dd = token_f1(obj["detailed_description"], reference.detailed_description)
+    fields = {
+        "answer_f1": answer,
+        "detailed_description_f1": dd,
+        "original_evidence": evidence_coverage(
+            obj["original_evidence"], reference.original_evidence, passages
+        ),
+        "grounding": grounding(obj["anchors"], passages, unanswerable),
+    }
+    score = 100 * sum(WEIGHTS[k] * v for k, v in fields.items())
+    return QuestionScore(
+        qid, True, None, context_recall=recall, eval_score=round(score, 6), **fields
+    )
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+def bootstrap_ci(values: Sequence[float], *, n_bootstrap: int, seed: int) -> list[float]:
+    """Percentile 95% interval of the mean, from `n_bootstrap` seeded resamples."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_bootstrap, len(x)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def aggregate(
+    scores: Sequence[QuestionScore], *, n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    if not scores:
+        raise ValueError("aggregate() needs at least one question score")
+
+    def mean(xs: Sequence[float]) -> float:
+        return float(np.mean(xs)) if len(xs) else float("nan")
+
+    eval_scores = [s.eval_score for s in scores]
+    recalls = [s.context_recall for s in scores if s.context_recall is not None]
+    return {
+        "eval_score_avg": mean(eval_scores),
+        "eval_score_ci95": bootstrap_ci(eval_scores, n_bootstrap=n_bootstrap, seed=seed),
+        "schema_pass_rate": mean([float(s.schema_ok) for s in scores]),
+        "grounding_avg": mean([s.grounding for s in scores]),
+        "detailed_description_f1": mean([s.detailed_description_f1 for s in scores]),
+        "original_evidence": mean([s.original_evidence for s in scores]),
+        "answer_f1": mean([s.answer_f1 for s in scores]),
+        "context_recall": mean(recalls),
+        "n": len(scores),
+        "scoring_version": SCORING_VERSION,
+    }
+
+
+def paired_comparison(
+    a: Sequence[QuestionScore],
+    b: Sequence[QuestionScore],
+    *,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """b minus a in eval_score points, question by question, with a paired-bootstrap 95% interval."""
+    sa, sb = {s.id: s.eval_score for s in a}, {s.id: s.eval_score for s in b}
+    if set(sa) != set(sb):
+        only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
+        raise ValueError(
+            f"paired comparison needs the same questions: {len(only_a)} only in the first "
+            f"({only_a[:3]}), {len(only_b)} only in the second ({only_b[:3]})"
+        )
+    ids = sorted(sa)
+    diffs = [sb[i] - sa[i] for i in ids]
+    return {
+        "mean_diff": float(np.mean(diffs)),
+        "ci95": bootstrap_ci(diffs, n_bootstrap=n_bootstrap, seed=seed),
+        "n": len(ids),
+        "wins": sum(d > 0 for d in diffs),
+        "losses": sum(d < 0 for d in diffs),
+        "ties": sum(d == 0 for d in diffs),
+    }
+
+
+# ---------------------------------------------------------------- files
+
+
+def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]:
+    """Predictions JSONL {"id", "output", ...}; every problem reported at once."""
+    _, records = read_json_records(path)
+    known = questions.by_id
+    outputs: dict[str, str] = {}
+    problems = []
+    for where, raw in records:
+        if not isinstance(raw, dict):
+            problems.append(Problem(str(path), where, "", "each line must be a JSON object", ""))
+            continue
+        qid = raw.get("id")
+        item = f"{qid!r} ({where})" if isinstance(qid, str) else where
+        if not isinstance(qid, str) or not qid:
+            problems.append(
+                Problem(
+                    str(path),
+                    item,
+                    "id",
+                    "missing or not a string",
+                    "give each prediction its question's id",
+                )
+            )
+            continue
+        if not isinstance(raw.get("output"), str):
+            problems.append(
+                Problem(
+                    str(path),
+                    item,
+                    "output",
+                    "missing or not a string",
+                    "put the raw model text in 'output'",
+                )
+            )
+            continue
+        if qid not in known:
+            problems.append(
+                Problem(
+                    str(path),
+                    item,
+                    "id",
+                    f"not in the question set {questions.path}",
+                    "check that the predictions belong to this set",
+                )
+            )
+            continue
+        if qid in outputs:
+            problems.append(
+                Problem(str(path), item, "id", "duplicate prediction", "one line per question")
+            )
+            continue
+        outputs[qid] = raw["output"]
+    missing = [q.id for q in questions if q.id not in outputs]
+    if missing:
+        problems.append(
+            Problem(
+                str(path),
+                ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+                "id",
+                f"{len(missing)} question(s) of {questions.path} have no prediction",
+                "predict every question of the set",
+            )
+        )
+    if problems:
+        raise InputError(problems)
+    return outputs
+
+
+def score_predictions(
+    questions: QuestionSet, passages: Mapping[str, Sequence[Passage]], outputs: Mapping[str, str]
+) -> tuple[dict[str, Any], list[QuestionScore]]:
+    scores = [score_question(q.id, outputs[q.id], q.reference, passages[q.id]) for q in questions]
+    metrics = aggregate(scores)
+    metrics["eval_set_version"] = questions.version
+    return metrics, scores
+
+
+def write_score_outputs(
+    out_dir: str | Path, metrics: Mapping[str, Any], scores: Sequence[QuestionScore]
+) -> None:
+    out = Path(out_dir)
+    atomic_write_jsonl(out / "per_question.jsonl", [s.to_row() for s in scores])
+    atomic_write_json(out / "metrics.json", dict(metrics))
+
+
+def read_per_question(path: str | Path) -> list[QuestionScore]:
+    with open(path, encoding="utf-8") as f:
+        return [QuestionScore(**json.loads(line)) for line in f if line.strip()]
