@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from sftgate import __version__
-from sftgate.cli import data, score, validate
+from sftgate.cli import data, index, score, validate
 from sftgate.errors import InputError, SftgateError
 
-COMMANDS = [validate, score, data]
+COMMANDS = [validate, score, data, index]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
