@@ -385,7 +385,7 @@ class Index:
         qtoks = [bm25_tokens(q) for q in queries]
         vocab = self.bm25.vocab_dict
         ids_list = [[vocab[t] for t in q if t in vocab] for q in qtoks]
-        results = []
+        results: list[list[Hit]] = []
         for ids in ids_list:
             if not ids:
                 results.append([])
