@@ -125,7 +125,7 @@ def render_prompt(
     `enable_thinking=False` makes Qwen3 hybrid templates emit the empty <think></think> block that
     means "answer directly"; templates without the variable ignore it.
     """
-    if not getattr(tokenizer, "chat_template", None):
+    if not tokenizer.chat_template:
         raise InputError(
             Problem(
                 str(getattr(tokenizer, "name_or_path", "tokenizer")),
@@ -143,3 +143,16 @@ def render_prompt(
     )
     assert isinstance(text, str)
     return text
+
+
+def encode_prompt(
+    tokenizer: Any, template: PromptTemplate, question: str, passages: Sequence[Passage]
+) -> list[int]:
+    """The prompt's token ids, exactly as training uses them and evaluation feeds them.
+
+    No special tokens are added on top of the chat template: the template already holds them.
+    """
+    ids = tokenizer(
+        render_prompt(tokenizer, template, question, passages), add_special_tokens=False
+    )["input_ids"]
+    return list(ids)

@@ -69,6 +69,9 @@ def tiny_qwen3_config(vocab_size: int) -> Any:
         head_dim=16,
         max_position_embeddings=8192,
         tie_word_embeddings=True,
+        # Larger than Qwen3's 0.02: with 64-wide frozen tied embeddings, 0.02 caps the logits near
+        # zero and LoRA alone could not move the loss far from uniform.
+        initializer_range=0.2,
     )
 
 
@@ -83,7 +86,7 @@ def build_tiny_qwen3(seed: int = 0) -> tuple[Any, Any]:
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = None
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -13,8 +13,9 @@ from sftgate.errors import InputError, Problem
 
 def config_kinds() -> dict[str, type[StrictModel]]:
     """Every kind of config file, by the value of its top-level `kind:` key."""
-    kinds: dict[str, type[StrictModel]] = {}
-    return kinds
+    from sftgate.train import TrainConfig
+
+    return {"train": TrainConfig}
 
 
 def validate_file(path: str) -> StrictModel:

@@ -1,0 +1,58 @@
+"""`sftgate train --config TRAIN.yaml [overrides]`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+
+from sftgate.config import load_config
+from sftgate.params import TrainParams
+from sftgate.train import TrainConfig, train
+
+TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = {k: getattr(args, k) for k in TOP_LEVEL if getattr(args, k) is not None}
+    out.update(
+        {
+            f"params.{k}": getattr(args, k)
+            for k in TrainParams.model_fields
+            if getattr(args, k, None) is not None
+        }
+    )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(TrainConfig, args.config, overrides(args))
+    result = train(config)
+    m = result.metadata
+    Console().print(
+        f"adapter {m['adapter_id']} -> {result.adapter_dir}\n"
+        f"{len(m['loss_per_step'])} steps, loss {m['loss_per_step'][0]:.4f} -> {m['loss_per_step'][-1]:.4f}, "
+        f"{m['tokens_per_s']} tokens/s, {m['examples']} examples ({m['examples_shortened']} shortened, {len(m['examples_dropped'])} left out)"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="QLoRA/LoRA fine-tune on eval JSON v2 targets; writes a PEFT adapter"
+    )
+    p.add_argument(
+        "--config", required=True, help="YAML with `kind: train` (flags below override it)"
+    )
+    for name in TOP_LEVEL:
+        p.add_argument(f"--{name}", help=TrainConfig.model_fields[name].description)
+    for name, info in TrainParams.model_fields.items():
+        kind = type(info.default) if info.default is not None else str
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            help=f"{info.description} (default {info.default})",
+        )
+    p.set_defaults(func=run)

@@ -1,0 +1,268 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftgate.cli import main
+from sftgate.config import load_config
+from sftgate.errors import InputError
+from sftgate.params import TrainParams
+from sftgate.prompt import load_prompt, render_prompt
+from sftgate.questions import Passage, load_questions
+from sftgate.scoring import score_question
+from sftgate.targets import reference_completion
+from sftgate.tiny import build_tiny_tokenizer
+from sftgate.train import (
+    TrainConfig,
+    build_example,
+    read_adapter_metadata,
+    tokenize_examples,
+    train,
+)
+from tests.conftest import PROMPT_PATH, make_question, write_json
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CTX = [
+    {
+        "source_path": "it/vpn.md#申請",
+        "text": "員工須填寫 IT-07 遠端存取申請表，經直屬主管核准後由資訊部開通。",
+    },
+    {
+        "source_path": "hr/leave.md#特休",
+        "text": "到職滿六個月以上未滿一年者，給予特別休假三日。" * 3,
+    },
+]
+
+
+def question_file(tmp_path: Path, n: int = 4) -> Path:
+    items = [
+        make_question(f"q{i}", question=f"第 {i} 題：VPN 帳號要怎麼申請？", contexts=CTX)
+        for i in range(n)
+    ]
+    return write_json(tmp_path / "train.json", {"index_version": "test-idx", "questions": items})
+
+
+def test_reference_completion_is_grounded_and_scores_100():
+    qs_ref = make_question()["reference"]
+    from sftgate.questions import Reference
+
+    ref = Reference(**qs_ref)
+    passages = [Passage(**c) for c in CTX]
+    completion = reference_completion(ref, passages)
+    obj = json.loads(completion)
+    assert obj["anchors"] == [
+        {"source_path": "it/vpn.md#申請", "text": "填寫 IT-07 遠端存取申請表"}
+    ]
+    assert score_question("q", completion, ref, passages).eval_score == 100.0
+    assert (
+        json.loads(reference_completion(ref, passages[1:]))["original_evidence"] == []
+    )  # never quote unseen text
+
+
+def test_template_parity_training_prefix_is_the_eval_prompt(tmp_path):
+    tok = build_tiny_tokenizer()
+    template = load_prompt(PROMPT_PATH)
+    qs = load_questions(question_file(tmp_path))
+    q = qs.questions[0]
+    ex = build_example(tok, template, q, tuple(q.contexts or ()), 4096)
+    assert ex is not None and not ex.shortened
+    eval_ids = tok(
+        render_prompt(tok, template, q.question, q.contexts or []), add_special_tokens=False
+    )["input_ids"]
+    assert ex.input_ids[: ex.prompt_len] == eval_ids
+    assert tok.decode(ex.input_ids[: ex.prompt_len]).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    assert ex.input_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_tiny_template_renders_like_the_real_qwen3_template():
+    tok = build_tiny_tokenizer()
+    template = load_prompt(PROMPT_PATH)
+    passages = [Passage(**c) for c in CTX]
+    ours = render_prompt(tok, template, "VPN 怎麼申請？", passages)
+    tok.chat_template = (FIXTURES / "qwen3_chat_template.jinja").read_text(encoding="utf-8")
+    real = render_prompt(tok, template, "VPN 怎麼申請？", passages)
+    assert ours == real
+    assert real.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_truncation_drops_passages_from_the_end_never_the_completion(tmp_path):
+    tok = build_tiny_tokenizer()
+    template = load_prompt(PROMPT_PATH)
+    q = load_questions(question_file(tmp_path)).questions[0]
+    full = build_example(tok, template, q, tuple(q.contexts or ()), 100_000)
+    one = build_example(tok, template, q, tuple(q.contexts or ())[:1], 100_000)
+    assert full is not None and one is not None
+    # Budget between "first passage only" and "both": the second passage is dropped.
+    ex = build_example(tok, template, q, tuple(q.contexts or ()), len(one.input_ids) + 5)
+    assert ex is not None and ex.shortened and ex.input_ids == one.input_ids
+    # Tighter: the first passage is cut, the completion still ends with the end-of-turn token.
+    ex = build_example(tok, template, q, tuple(q.contexts or ()), len(one.input_ids) - 30)
+    assert ex is not None and ex.shortened and len(ex.input_ids) <= len(one.input_ids) - 30
+    completion = tok.decode(ex.input_ids[ex.prompt_len :])
+    assert (
+        completion.endswith("<|im_end|>")
+        and json.loads(completion.removesuffix("<|im_end|>"))["answer"]
+    )
+    # Too small for any example: left out and counted.
+    data = tokenize_examples(tok, template, [q], {q.id: tuple(q.contexts or ())}, 200)
+    assert data.examples == [] and data.dropped == [q.id]
+
+
+def config(tmp_path: Path, **params) -> TrainConfig:
+    return TrainConfig(
+        model="tiny-qwen3",
+        questions=str(question_file(tmp_path)),
+        prompt=str(PROMPT_PATH),
+        out=str(tmp_path / "adapter"),
+        params=TrainParams(**params),
+    )
+
+
+@pytest.mark.slow
+def test_overfit_loss_decreases_and_every_lora_parameter_changes(tmp_path):
+    result = train(
+        config(
+            tmp_path,
+            max_steps=30,
+            lr=2e-2,
+            max_length=4096,
+            lora_dropout=0.0,
+            lr_scheduler="constant",
+        ),
+        progress=False,
+    )
+    losses = result.metadata["loss_per_step"]
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    lora_b = [k for k in weights if "lora_B" in k]
+    assert len(lora_b) == 2 * 7  # 2 layers x 7 linear projections
+    assert all(
+        weights[k].abs().sum() > 0 for k in lora_b
+    )  # B starts at zero: non-zero means trained
+    # lora_A differs from a fresh initialisation with the same seed.
+    from peft import LoraConfig, get_peft_model
+
+    from sftgate.models import load_model
+
+    torch.manual_seed(0)
+    fresh = get_peft_model(
+        load_model("tiny-qwen3").model,
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    init = {k: v for k, v in fresh.state_dict().items() if "lora_A" in k}
+    for key, value in weights.items():
+        if "lora_A" in key:
+            match = next(
+                v
+                for k, v in init.items()
+                if k.replace(".default", "").endswith(key.split("base_model.model.")[-1])
+            )
+            assert not torch.equal(match, value), key
+
+
+@pytest.mark.slow
+def test_metadata_and_plain_peft_loading(tmp_path):
+    result = train(config(tmp_path, max_steps=2, max_length=4096), progress=False)
+    m = read_adapter_metadata(result.adapter_dir)
+    for key in (
+        "adapter_id",
+        "model_id",
+        "model_revision",
+        "train_set_version",
+        "prompt_version",
+        "prompt_sha256",
+        "index_version",
+        "train_params",
+        "seed",
+        "wall_time_s",
+        "tokens_per_s",
+        "loss_per_step",
+        "provenance",
+    ):
+        assert key in m, key
+    assert (
+        m["index_version"] == "test-idx"
+        and m["model_id"] == "tiny-qwen3"
+        and len(m["loss_per_step"]) == 2
+    )
+    assert (
+        m["train_params"]["max_steps"] == 2
+        and "git" in m["provenance"]
+        and "torch" in m["provenance"]["libraries"]
+    )
+    assert not list(tmp_path.glob("adapter.partial-*"))
+    from peft import PeftModel
+
+    from sftgate.models import load_model
+
+    peft_model = PeftModel.from_pretrained(load_model("tiny-qwen3").model, str(result.adapter_dir))
+    assert sum("lora_" in n for n, _ in peft_model.named_parameters()) == 28
+    with pytest.raises(InputError, match="already exists"):
+        train(config(tmp_path, max_steps=1, max_length=4096), progress=False)
+
+
+@pytest.mark.slow
+def test_4bit_cpu_path(tmp_path):
+    cfg = config(tmp_path, max_steps=3, max_length=4096).model_copy(update={"quantization": "4bit"})
+    result = train(cfg, progress=False, device="cpu")
+    assert result.metadata["quantization"] == "nf4-double-quant"
+    assert all(map(torch.isfinite, torch.tensor(result.metadata["loss_per_step"])))
+
+
+def test_interrupted_training_leaves_no_complete_looking_dir(tmp_path, monkeypatch):
+    import peft
+
+    def crash(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path, max_steps=1, max_length=4096), progress=False)
+    assert not (tmp_path / "adapter").exists() and not list(tmp_path.glob("adapter.partial-*"))
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "kind: train\nquestions: q.json\nout: o\nparams:\n  max_step: 3\n",
+            "params.max_step: unknown key",
+        ),
+        ("kind: train\nquestions: q.json\nout: o\nparams:\n  lr: 0\n", "params.lr"),
+        (
+            "kind: train\nquestions: q.json\nout: o\nlearning_rate: 1\n",
+            "learning_rate: unknown key",
+        ),
+        ("kind: train\nout: o\n", "questions: required field is missing"),
+    ],
+)
+def test_bad_config_errors(tmp_path, yaml_text, message):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml_text, encoding="utf-8")
+    with pytest.raises(InputError) as e:
+        load_config(TrainConfig, path)
+    assert message in str(e.value).replace("field '", "").replace("'", "")
+
+
+def test_max_length_too_small_for_any_example(tmp_path, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        f"kind: train\nmodel: tiny-qwen3\nquestions: {question_file(tmp_path)}\nprompt: {PROMPT_PATH}\nout: {tmp_path / 'a'}\nparams:\n  max_length: 100\n",
+        encoding="utf-8",
+    )
+    assert main(["train", "--config", str(path)]) == 2
+    assert "no example fits in max_length=100" in capsys.readouterr().err
+    assert main(["validate", str(path)]) == 0
+
+
+def test_shipped_train_config_validates():
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(TrainConfig, root / "examples" / "train_tiny.yaml")
+    assert cfg.model == "tiny-qwen3"
