@@ -310,7 +310,7 @@ def train(config: TrainConfig, *, progress: bool = True, device: str | None = No
         "provenance": provenance(),
     }
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(str(tmp))
         atomic_write_json(tmp / METADATA_FILE, metadata)
         tmp.rename(out)  # only now does `out` exist, complete with its metadata
     except BaseException:
