@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from sftgate.errors import InputError, Problem
+from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
 from sftgate.paths import package_resource
-from sftgate.questions import Passage, QuestionSet, Reference, read_json_records
+from sftgate.questions import Passage, QuestionSet, Reference
 from sftgate.textnorm import squash_ws, tokens
 
 SCORING_VERSION = "eval_json_v2.0"
@@ -51,29 +51,58 @@ METRIC_KEYS = (
 # ---------------------------------------------------------------- parse and validate
 
 
+_THINK = ("<think>", "</think>")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys)
+
+
 def parse_output(text: str) -> tuple[dict[str, Any] | None, str | None]:
     """One JSON object, optionally surrounded by whitespace, and nothing else.
 
-    Returns (object, None) or (None, reason). Code fences, a <think> block (even an empty one),
-    text before or after the object, or a non-object are failures with a named reason.
+    Returns (object, None) or (None, reason). The reasons are the table in section 1 of
+    docs/scoring/eval_json_v2.md: code fences, a <think> block (even an empty one), text before or
+    after the object, invalid JSON, duplicate keys, or JSON that is not an object.
     """
     s = text.strip()
     if not s:
         return None, "empty output"
-    if "<think>" in s or "</think>" in s:
-        return None, "contains a <think> block"
-    if s.startswith("```"):
-        return None, "wrapped in a code fence"
     if not s.startswith("{"):
-        return None, "text before the JSON object"
+        start = s.find("{")
+        before = s if start < 0 else s[:start]
+        if any(tag in before for tag in _THINK):
+            return None, "contains a <think> block"
+        if s.startswith("```"):
+            return None, "wrapped in a code fence"
+        try:
+            value = json.loads(s)
+        except json.JSONDecodeError:
+            return None, "text before the JSON object" if start >= 0 else "no JSON object"
+        return None, f"not a JSON object (a JSON {type(value).__name__})"
     try:
-        obj, end = json.JSONDecoder().raw_decode(s)
+        obj, end = _DECODER.raw_decode(s)
+    except _DuplicateKey as e:
+        return None, f"duplicate key {e.args[0]!r}"
     except json.JSONDecodeError as e:
         return None, f"invalid JSON: {e.msg} at character {e.pos}"
-    if s[end:].strip():
+    after = s[end:]
+    if any(tag in after for tag in _THINK):
+        return None, "contains a <think> block"
+    if after.strip():
         return None, "text after the JSON object"
-    if not isinstance(obj, dict):
-        return None, "not a JSON object"
     return obj, None
 
 
@@ -105,8 +134,12 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_REFUSAL_TOKENS = tuple(tokens(r) for r in REFUSALS)
+
+
 def is_refusal(answer: str) -> bool:
-    return squash_ws(answer) in {squash_ws(r) for r in REFUSALS}
+    """Equal to one of the two refusals token for token (case, punctuation and spacing aside)."""
+    return tokens(answer) in _REFUSAL_TOKENS
 
 
 def is_unanswerable(reference: Reference) -> bool:
@@ -142,9 +175,14 @@ def evidence_coverage(
 def grounding(
     anchors: Sequence[Mapping[str, str]], passages: Sequence[Passage], unanswerable: bool
 ) -> float:
-    """Share of anchors whose text occurs in a given passage with exactly that source_path."""
+    """Share of anchors whose text occurs in a given passage with exactly that source_path.
+
+    For an unanswerable question the only right anchors list is the empty one.
+    """
+    if unanswerable:
+        return 0.0 if anchors else 1.0
     if not anchors:
-        return 1.0 if unanswerable else 0.0
+        return 0.0
     ok = 0
     for a in anchors:
         same_path = [p for p in passages if p.source_path == a["source_path"]]
@@ -214,9 +252,11 @@ def score_question(
 
 def bootstrap_ci(values: Sequence[float], *, n_bootstrap: int, seed: int) -> list[float]:
     """Percentile 95% interval of the mean, from `n_bootstrap` seeded resamples."""
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be >= 1, but got {n_bootstrap=}")
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
-        return [float("nan"), float("nan")]
+        raise ValueError("bootstrap_ci() needs at least one value")
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_bootstrap, len(x)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
@@ -230,7 +270,7 @@ def aggregate(
         raise ValueError("aggregate() needs at least one question score")
 
     def mean(xs: Sequence[float]) -> float:
-        return float(np.mean(xs)) if len(xs) else float("nan")
+        return float(np.mean(xs))
 
     eval_scores = [s.eval_score for s in scores]
     recalls = [s.context_recall for s in scores if s.context_recall is not None]
@@ -242,7 +282,8 @@ def aggregate(
         "detailed_description_f1": mean([s.detailed_description_f1 for s in scores]),
         "original_evidence": mean([s.original_evidence for s in scores]),
         "answer_f1": mean([s.answer_f1 for s in scores]),
-        "context_recall": mean(recalls),
+        # None (JSON null) when every question is unanswerable: there is no evidence to retrieve.
+        "context_recall": mean(recalls) if recalls else None,
         "n": len(scores),
         "scoring_version": SCORING_VERSION,
     }
@@ -255,17 +296,31 @@ def paired_comparison(
     n_bootstrap: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """b minus a in eval_score points, question by question, with a paired-bootstrap 95% interval."""
+    """b minus a in eval_score points, question by question, with a paired-bootstrap 95% interval.
+
+    Raises MismatchError unless both sides score the same question ids, each exactly once.
+    """
+    for name, side in (("first", a), ("second", b)):
+        counts = Counter(s.id for s in side)
+        repeated = sorted(i for i, c in counts.items() if c > 1)
+        if repeated:
+            raise MismatchError(
+                f"paired comparison: the {name} set scores {len(repeated)} question(s) more than once ({repeated[:3]})"
+            )
     sa, sb = {s.id: s.eval_score for s in a}, {s.id: s.eval_score for s in b}
     if set(sa) != set(sb):
         only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
-        raise ValueError(
+        raise MismatchError(
             f"paired comparison needs the same questions: {len(only_a)} only in the first "
             f"({only_a[:3]}), {len(only_b)} only in the second ({only_b[:3]})"
         )
+    if not sa:
+        raise ValueError("paired_comparison() needs at least one question")
     ids = sorted(sa)
     diffs = [sb[i] - sa[i] for i in ids]
     return {
+        "mean_a": float(np.mean([sa[i] for i in ids])),
+        "mean_b": float(np.mean([sb[i] for i in ids])),
         "mean_diff": float(np.mean(diffs)),
         "ci95": bootstrap_ci(diffs, n_bootstrap=n_bootstrap, seed=seed),
         "n": len(ids),
@@ -278,25 +333,66 @@ def paired_comparison(
 # ---------------------------------------------------------------- files
 
 
+def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[Problem]]:
+    """(location, value) for every non-blank line, and a problem for each line that is not JSON."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(Problem(str(path), "", "", "file not found", "check the path")) from None
+    except UnicodeDecodeError as e:
+        raise InputError(
+            Problem(
+                str(path), "", "", f"not UTF-8 (invalid byte at offset {e.start})", "save as UTF-8"
+            )
+        ) from None
+    records, problems = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            problems.append(
+                Problem(
+                    str(path),
+                    f"line {lineno}",
+                    "",
+                    f"not valid JSON: {e.msg} (column {e.colno})",
+                    'write one {"id": ..., "output": ...} object per line',
+                )
+            )
+    return records, problems
+
+
 def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]:
-    """Predictions JSONL {"id", "output", ...}; every problem reported at once."""
-    _, records = read_json_records(path)
+    """Predictions JSONL, one {"id", "output", ...} object per line (other keys are allowed).
+
+    Every problem is reported in one InputError: lines that are not JSON objects, a missing or
+    non-string id/output, duplicate ids, ids not in the question set, and questions left without
+    a prediction.
+    """
+    path = Path(path)
+    records, problems = _read_jsonl(path)
     known = questions.by_id
     outputs: dict[str, str] = {}
-    problems = []
+    first_seen: dict[str, str] = {}
     for where, raw in records:
         if not isinstance(raw, dict):
-            problems.append(Problem(str(path), where, "", "each line must be a JSON object", ""))
+            problems.append(
+                Problem(
+                    str(path), where, "", "each line must be a JSON object", 'use {"id", "output"}'
+                )
+            )
             continue
         qid = raw.get("id")
-        item = f"{qid!r} ({where})" if isinstance(qid, str) else where
+        item = f"{qid!r} ({where})" if isinstance(qid, str) and qid else where
         if not isinstance(qid, str) or not qid:
             problems.append(
                 Problem(
                     str(path),
                     item,
                     "id",
-                    "missing or not a string",
+                    "missing or not a non-empty string",
                     "give each prediction its question's id",
                 )
             )
@@ -311,7 +407,6 @@ def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]
                     "put the raw model text in 'output'",
                 )
             )
-            continue
         if qid not in known:
             problems.append(
                 Problem(
@@ -323,20 +418,28 @@ def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]
                 )
             )
             continue
-        if qid in outputs:
+        if qid in first_seen:
             problems.append(
-                Problem(str(path), item, "id", "duplicate prediction", "one line per question")
+                Problem(
+                    str(path),
+                    item,
+                    "id",
+                    f"duplicate prediction (also at {first_seen[qid]})",
+                    "one line per question",
+                )
             )
             continue
-        outputs[qid] = raw["output"]
-    missing = [q.id for q in questions if q.id not in outputs]
+        first_seen[qid] = where
+        if isinstance(raw.get("output"), str):
+            outputs[qid] = raw["output"]
+    missing = [q.id for q in questions if q.id not in first_seen]
     if missing:
         problems.append(
             Problem(
                 str(path),
                 ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
                 "id",
-                f"{len(missing)} question(s) of {questions.path} have no prediction",
+                f"{len(missing)} of the {len(questions)} question(s) of {questions.path} have no prediction",
                 "predict every question of the set",
             )
         )
@@ -348,6 +451,13 @@ def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]
 def score_predictions(
     questions: QuestionSet, passages: Mapping[str, Sequence[Passage]], outputs: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[QuestionScore]]:
+    """Score every question of the set, in the set's order; metrics carry its eval_set_version."""
+    for name, given in (("passages", passages), ("outputs", outputs)):
+        missing = [q.id for q in questions if q.id not in given]
+        if missing:
+            raise ValueError(
+                f"score_predictions(): no {name} for {len(missing)} question(s), e.g. {missing[:3]}"
+            )
     scores = [score_question(q.id, outputs[q.id], q.reference, passages[q.id]) for q in questions]
     metrics = aggregate(scores)
     metrics["eval_set_version"] = questions.version
@@ -357,6 +467,7 @@ def score_predictions(
 def write_score_outputs(
     out_dir: str | Path, metrics: Mapping[str, Any], scores: Sequence[QuestionScore]
 ) -> None:
+    """Each file is written atomically; metrics.json last, so its presence means both are complete."""
     out = Path(out_dir)
     atomic_write_jsonl(out / "per_question.jsonl", [s.to_row() for s in scores])
     atomic_write_json(out / "metrics.json", dict(metrics))

@@ -30,7 +30,8 @@ def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
         "grounding_avg",
         "context_recall",
     ):
-        table.add_row(key, f"{metrics[key]:.4f}")
+        value = metrics[key]
+        table.add_row(key, "n/a" if value is None else f"{value:.4f}")
     table.add_row("n", str(metrics["n"]))
     return table
 
@@ -42,7 +43,14 @@ def run(args: argparse.Namespace) -> int:
     outputs = load_predictions(args.predictions, questions)
     metrics, scores = score_predictions(questions, passages, outputs)
     write_score_outputs(args.out, metrics, scores)
-    Console().print(metrics_table(metrics, f"{args.predictions} on {questions.describe()}"))
+    console = Console()
+    console.print(metrics_table(metrics, f"{args.predictions} on {questions.describe()}"))
+    failures = sum(not s.schema_ok for s in scores)
+    if failures:
+        console.print(
+            f"{failures} schema failure(s); reasons in the 'schema_error' field of per_question.jsonl"
+        )
+    console.print(f"wrote {args.out}/metrics.json and {args.out}/per_question.jsonl")
     return 0
 
 

@@ -13,9 +13,10 @@ from sftgate.errors import InputError, Problem
 
 def config_kinds() -> dict[str, type[StrictModel]]:
     """Every kind of config file, by the value of its top-level `kind:` key."""
+    from sftgate.evaluate import EvalConfig
     from sftgate.train import TrainConfig
 
-    return {"train": TrainConfig}
+    return {"train": TrainConfig, "eval": EvalConfig}
 
 
 def validate_file(path: str) -> StrictModel:

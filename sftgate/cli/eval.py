@@ -1,0 +1,74 @@
+"""`sftgate eval --model M [--adapter A] --questions Q [--contexts C] --out DIR`."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from sftgate.cli.score import metrics_table
+from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
+from sftgate.prompt import DEFAULT_PROMPT
+
+
+def run(args: argparse.Namespace) -> int:
+    decode = DecodeSettings(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, merge=args.merge
+    )
+    config = EvalConfig(
+        model=args.model,
+        adapter=args.adapter,
+        quantization=args.quantization,
+        questions=args.questions,
+        contexts=args.contexts,
+        prompt=args.prompt,
+        out=args.out,
+        allow_mismatch=args.allow_mismatch,
+        decode=decode,
+    )
+    result = evaluate(config)
+    console = Console()
+    console.print(
+        metrics_table(result.metrics, f"{config.adapter or config.model} on {config.questions}")
+    )
+    m = result.meta
+    console.print(
+        f"{m['generated_tokens']} tokens generated in {m['wall_time_s']} s ({m['tokens_per_s']} tokens/s) -> {result.out_dir}"
+    )
+    if m["merge_check"]:
+        console.print(
+            f"merge check: merged and unmerged outputs identical on {m['merge_check']['exact_match_rate']:.0%} of {m['merge_check']['questions']} questions"
+        )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = DecodeSettings()
+    p = sub.add_parser("eval", help="greedy-decode a question set and score it (resumable)")
+    p.add_argument(
+        "--model", required=True, help="base model: hub id, local folder, .gguf file, or tiny-qwen3"
+    )
+    p.add_argument("--adapter", help="adapter folder from `sftgate train`")
+    p.add_argument("--questions", required=True)
+    p.add_argument("--contexts", help="contexts JSONL, unless the items carry contexts")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for predictions.jsonl, metrics.json, per_question.jsonl, eval_meta.json",
+    )
+    p.add_argument("--quantization", choices=["auto", "4bit", "none"], default="auto")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument(
+        "--merge",
+        action=argparse.BooleanOptionalAction,
+        default=d.merge,
+        help="merge the adapter before decoding",
+    )
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="evaluate an adapter trained with another prompt/index/base (recorded)",
+    )
+    p.set_defaults(func=run)

@@ -1,0 +1,341 @@
+"""`sftgate eval`: greedy generation on a question set, then the eval JSON v2 scorer.
+
+Predictions are appended batch by batch as they are produced; a killed evaluation restarted with
+the same command skips the finished batches and ends with the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sftgate.config import StrictModel
+from sftgate.contexts import load_contexts, resolve_passages
+from sftgate.errors import InputError, MismatchError, Problem
+from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
+from sftgate.generate import Generation, greedy_generate, length_batches
+from sftgate.models import LoadedModel, Quantization, eos_token_ids, load_model
+from sftgate.prompt import DEFAULT_PROMPT, encode_prompt, load_prompt
+from sftgate.provenance import provenance
+from sftgate.questions import load_questions
+from sftgate.scoring import score_predictions, write_score_outputs
+from sftgate.train import read_adapter_metadata
+
+PREDICTIONS = "predictions.jsonl"
+PARTIAL_META = "eval_meta.partial.json"
+META = "eval_meta.json"
+
+
+class DecodeSettings(StrictModel):
+    max_new_tokens: int = Field(
+        512, gt=0, description="generation stops here if the end of turn never comes"
+    )
+    batch_size: int = Field(16, gt=0, description="prompts per batch, grouped by length")
+    merge: bool = Field(
+        True,
+        description="merge the adapter into the (dequantised) base before decoding: faster, same outputs",
+    )
+    merge_check_questions: int = Field(
+        4, ge=0, description="questions decoded both merged and unmerged to measure agreement"
+    )
+
+
+class EvalConfig(StrictModel):
+    kind: Literal["eval"] = "eval"
+    model: str = Field(
+        "Qwen/Qwen3-4B", description="base model: hub id, local folder, .gguf file, or tiny-qwen3"
+    )
+    adapter: str | None = Field(
+        None, description="adapter folder from `sftgate train`; none evaluates the base model"
+    )
+    quantization: Quantization = Field(
+        "auto",
+        description="how the base is loaded for unmerged decoding; an adapter's training quantisation wins",
+    )
+    questions: str
+    contexts: str | None = None
+    prompt: str = DEFAULT_PROMPT
+    out: str
+    allow_mismatch: bool = Field(
+        False,
+        description="evaluate even if the adapter was trained with another prompt, index or base model (recorded)",
+    )
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def check_adapter(
+    adapter_meta: dict[str, Any], *, model_id: str, prompt_sha256: str, index_version: str
+) -> list[str]:
+    """The pinned values the adapter was trained with that differ from this evaluation's."""
+    wanted = {"model_id": model_id, "prompt_sha256": prompt_sha256, "index_version": index_version}
+    return [
+        f"{k}: adapter has {adapter_meta.get(k)!r}, evaluation uses {v!r}"
+        for k, v in wanted.items()
+        if adapter_meta.get(k) != v
+    ]
+
+
+def load_for_eval(
+    model_id: str,
+    adapter: str | None,
+    adapter_meta: dict[str, Any] | None,
+    quantization: Quantization,
+    *,
+    merged: bool,
+) -> LoadedModel:
+    """The model evaluation decodes with.
+
+    Unmerged: the base loaded as the adapter was trained (4-bit if it was) with the adapter on top.
+    Merged: the adapter merged into a full-precision copy of that base; for a 4-bit-trained adapter
+    the NF4 weights are dequantised first, so the merged model computes what was trained.
+    """
+    from dataclasses import replace
+
+    from peft import PeftModel
+
+    trained_4bit = bool(adapter_meta and adapter_meta.get("quantization") == "nf4-double-quant")
+    loaded = load_model(
+        model_id, quantization="4bit" if trained_4bit else ("none" if adapter else quantization)
+    )
+    if adapter is None:
+        return loaded
+    model = loaded.model
+    if merged and loaded.quantized_4bit:
+        model = model.dequantize()
+    model = PeftModel.from_pretrained(model, adapter)
+    if merged:
+        model = model.merge_and_unload()
+    model.eval()
+    return replace(loaded, model=model, quantized_4bit=loaded.quantized_4bit and not merged)
+
+
+def _read_done(path: Path) -> dict[str, dict[str, Any]]:
+    """Predictions already written; a trailing partial line (a kill mid-write) is cut off."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        path.write_bytes(raw)
+    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    return {r["id"]: r for r in rows}
+
+
+def evaluate(
+    config: EvalConfig, *, progress: bool = True, on_batch: Callable[[int], None] | None = None
+) -> EvalResult:
+    import torch
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    template = load_prompt(config.prompt)
+    questions = load_questions(config.questions)
+    contexts = load_contexts(config.contexts) if config.contexts else None
+    passages, index_version = resolve_passages(questions, contexts)
+    adapter_meta = read_adapter_metadata(config.adapter) if config.adapter else None
+    mismatches = (
+        check_adapter(
+            adapter_meta,
+            model_id=config.model,
+            prompt_sha256=template.sha256,
+            index_version=index_version,
+        )
+        if adapter_meta
+        else []
+    )
+    if mismatches and not config.allow_mismatch:
+        raise MismatchError(
+            f"adapter {config.adapter} does not match this evaluation: "
+            + "; ".join(mismatches)
+            + " (pass --allow-mismatch to evaluate anyway; it is recorded)"
+        )
+    d = config.decode
+    identity = {
+        "model_id": config.model,
+        "adapter_id": adapter_meta["adapter_id"] if adapter_meta else None,
+        "prompt_sha256": template.sha256,
+        "prompt_version": template.version,
+        "index_version": index_version,
+        "eval_set_version": questions.version,
+        "decoding": {
+            "strategy": "greedy",
+            "temperature": 0.0,
+            **d.model_dump(mode="json", exclude={"merge_check_questions"}),
+        },
+    }
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / PARTIAL_META
+    if partial.exists():
+        previous = json.loads(partial.read_text(encoding="utf-8"))
+        if previous != identity:
+            diff = [k for k in identity if previous.get(k) != identity[k]]
+            raise MismatchError(
+                f"{out} holds a partial evaluation with other settings ({', '.join(diff)}); use another --out or delete it"
+            )
+    elif (out / PREDICTIONS).exists():
+        raise InputError(
+            Problem(
+                str(out),
+                "",
+                PREDICTIONS,
+                "the folder holds predictions from another evaluation",
+                "use another --out",
+            )
+        )
+    atomic_write_json(partial, identity)
+
+    loaded = load_for_eval(
+        config.model,
+        config.adapter,
+        adapter_meta,
+        config.quantization,
+        merged=d.merge and config.adapter is not None,
+    )
+    if adapter_meta and adapter_meta.get("model_revision") != loaded.model_revision:
+        mismatch = f"model_revision: adapter has {adapter_meta.get('model_revision')!r}, evaluation loaded {loaded.model_revision!r}"
+        if not config.allow_mismatch:
+            raise MismatchError(
+                f"adapter {config.adapter} was trained on another version of {config.model}: {mismatch} (pass --allow-mismatch to evaluate anyway)"
+            )
+        mismatches.append(mismatch)
+    tokenizer, model = loaded.tokenizer, loaded.model
+    eos = eos_token_ids(tokenizer, model)
+    prompts = [encode_prompt(tokenizer, template, q.question, passages[q.id]) for q in questions]
+    ids = [q.id for q in questions]
+    pred_path = out / PREDICTIONS
+    done = _read_done(pred_path)
+    total_batches = len(length_batches([len(p) for p in prompts], d.batch_size))
+    if loaded.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    new_tokens = 0
+    columns = [
+        TextColumn("[bold]eval[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("questions"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with (
+        Progress(*columns, disable=not progress) as bar,
+        open(pred_path, "a", encoding="utf-8") as f,
+    ):
+        task = bar.add_task("eval", total=len(ids), completed=len(done))
+        batches = greedy_generate(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=d.batch_size,
+            max_new_tokens=d.max_new_tokens,
+            eos_ids=eos,
+            skip=lambda batch: all(ids[i] in done for i in batch),
+        )
+        for n, gens in enumerate(batches):
+            fresh = [g for g in gens if ids[g.index] not in done]
+            f.write(
+                "".join(json.dumps(row(ids[g.index], g), ensure_ascii=False) + "\n" for g in fresh)
+            )
+            f.flush()
+            new_tokens += sum(len(g.token_ids) for g in gens)
+            for g in fresh:
+                done[ids[g.index]] = row(ids[g.index], g)
+            bar.update(task, advance=len(fresh))
+            if on_batch is not None:
+                on_batch(n)
+    wall = time.perf_counter() - started
+
+    merge_check = None
+    if config.adapter is not None and d.merge and d.merge_check_questions:
+        merge_check = merge_agreement(config, adapter_meta, model, prompts, eos)
+    rows = [done[i] for i in ids]
+    atomic_write_jsonl(pred_path, rows)  # question order: identical whether or not it was resumed
+    metrics, scores = score_predictions(questions, passages, {r["id"]: r["output"] for r in rows})
+    write_score_outputs(out, metrics, scores)
+    meta = {
+        **identity,
+        "adapter_path": config.adapter,
+        "quantization": "nf4-double-quant" if loaded.quantized_4bit else "none",
+        "merged": d.merge and config.adapter is not None,
+        "merge_check": merge_check,
+        "allow_mismatch": config.allow_mismatch,
+        "mismatches": mismatches,
+        "questions_path": questions.path,
+        "n": len(ids),
+        "generated_tokens": sum(r["completion_tokens"] for r in rows),
+        "wall_time_s": round(wall, 3),
+        "tokens_per_s": round(new_tokens / wall, 1) if wall > 0 and new_tokens else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if loaded.device == "cuda"
+        else None,
+        "batches": total_batches,
+        "provenance": provenance(),
+    }
+    atomic_write_json(out / META, meta)
+    partial.unlink()
+    return EvalResult(out, metrics, meta)
+
+
+def row(qid: str, g: Generation) -> dict[str, Any]:
+    return {
+        "id": qid,
+        "output": g.text,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": len(g.token_ids),
+        "finish_reason": g.finish_reason,
+    }
+
+
+def merge_agreement(
+    config: EvalConfig,
+    adapter_meta: dict[str, Any] | None,
+    merged_model: Any,
+    prompts: list[list[int]],
+    eos: list[int],
+) -> dict[str, Any]:
+    """Decode the first questions merged and unmerged (the adapter on the base as trained), in the
+    same batches, and report how often the outputs are identical."""
+    n = min(config.decode.merge_check_questions, len(prompts))
+    unmerged = load_for_eval(
+        config.model, config.adapter, adapter_meta, config.quantization, merged=False
+    )
+    sample = prompts[:n]
+
+    def decode(model: Any) -> list[str]:
+        outs: dict[int, str] = {}
+        kwargs = {
+            "batch_size": config.decode.batch_size,
+            "max_new_tokens": config.decode.max_new_tokens,
+            "eos_ids": eos,
+        }
+        for gens in greedy_generate(model, unmerged.tokenizer, sample, **kwargs):
+            outs.update({g.index: g.text for g in gens})
+        return [outs[i] for i in range(n)]
+
+    a, b = decode(merged_model), decode(unmerged.model)
+    same = [x == y for x, y in zip(a, b)]
+    return {
+        "questions": n,
+        "exact_match_rate": sum(same) / n if n else None,
+        "disagreeing": [i for i, ok in enumerate(same) if not ok],
+    }

@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from sftgate.cli import main
+from sftgate.errors import MismatchError
+from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate, load_for_eval
+from sftgate.generate import generate_batch, length_batches
+from sftgate.models import eos_token_ids, load_model
+from sftgate.params import TrainParams
+from sftgate.train import TrainConfig, train
+from tests.conftest import PROMPT_PATH, make_question, write_json
+
+CTX = [
+    {
+        "source_path": "it/vpn.md#申請",
+        "text": "員工須填寫 IT-07 遠端存取申請表，經直屬主管核准後由資訊部開通。",
+    }
+]
+
+
+def question_file(tmp: Path, n: int = 5, index_version: str = "test-idx") -> Path:
+    items = [
+        make_question(f"q{i}", question="VPN 帳號" + "要怎麼申請？" * (i + 1), contexts=CTX)
+        for i in range(n)
+    ]
+    return write_json(tmp / "q.json", {"index_version": index_version, "questions": items})
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("adapter")
+    params = TrainParams(max_steps=6, lr=2e-2, max_length=4096, lora_dropout=0.0)
+    cfg = TrainConfig(
+        model="tiny-qwen3",
+        questions=str(question_file(tmp)),
+        prompt=str(PROMPT_PATH),
+        out=str(tmp / "a"),
+        params=params,
+    )
+    return train(cfg, progress=False).adapter_dir
+
+
+def eval_config(tmp: Path, adapter: Path | None, **decode) -> EvalConfig:
+    tmp.mkdir(parents=True, exist_ok=True)
+    decode = {"max_new_tokens": 24, "batch_size": 2, **decode}
+    return EvalConfig(
+        model="tiny-qwen3",
+        adapter=str(adapter) if adapter else None,
+        questions=str(question_file(tmp)),
+        prompt=str(PROMPT_PATH),
+        out=str(tmp / "out"),
+        decode=DecodeSettings(**decode),
+    )
+
+
+def test_length_batches_longest_first():
+    assert length_batches([3, 9, 5, 9, 1], 2) == [[1, 3], [2, 0], [4]]
+
+
+def test_left_padded_batches_equal_one_by_one_greedy():
+    m = load_model("tiny-qwen3")
+    rng = random.Random(0)
+    prompts = [[rng.randrange(0, 256) for _ in range(n)] for n in (40, 25, 33, 10, 57)]
+    eos = eos_token_ids(m.tokenizer, m.model)
+    batched = generate_batch(m.model, m.tokenizer, prompts, max_new_tokens=16, eos_ids=eos)
+    single = [
+        generate_batch(m.model, m.tokenizer, [p], max_new_tokens=16, eos_ids=eos)[0]
+        for p in prompts
+    ]
+    assert batched == single
+    assert sum(len(toks) for toks, _ in batched) > 30  # real decoding happened, not instant stops
+
+
+def test_base_model_eval_writes_all_files(tmp_path):
+    result = evaluate(eval_config(tmp_path, None), progress=False)
+    out = result.out_dir
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == [f"q{i}" for i in range(5)]
+    assert all(p["completion_tokens"] <= 24 and p["prompt_tokens"] > 100 for p in preds)
+    meta = json.loads((out / "eval_meta.json").read_text())
+    for key in (
+        "model_id",
+        "adapter_id",
+        "prompt_sha256",
+        "index_version",
+        "eval_set_version",
+        "decoding",
+        "wall_time_s",
+        "tokens_per_s",
+        "provenance",
+    ):
+        assert key in meta, key
+    assert meta["decoding"]["temperature"] == 0.0 and meta["index_version"] == "test-idx"
+    assert json.loads((out / "metrics.json").read_text())["n"] == 5
+    assert not (out / "eval_meta.partial.json").exists()
+
+
+def test_resume_after_kill_gives_identical_files(tmp_path, adapter):
+    whole = evaluate(eval_config(tmp_path / "a", adapter, merge_check_questions=0), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(n):
+        if n == 0:
+            raise Killed
+
+    cfg = eval_config(tmp_path / "b", adapter, merge_check_questions=0)
+    with pytest.raises(Killed):
+        evaluate(cfg, progress=False, on_batch=kill_after_first)
+    written = (Path(cfg.out) / "predictions.jsonl").read_text().splitlines()
+    assert len(written) == 2 and (Path(cfg.out) / "eval_meta.partial.json").exists()
+    # A kill in the middle of a line leaves a partial line: it is dropped on resume.
+    with open(Path(cfg.out) / "predictions.jsonl", "a") as f:
+        f.write('{"id": "q4", "outp')
+    resumed = evaluate(cfg, progress=False)
+    for name in ("predictions.jsonl", "per_question.jsonl", "metrics.json"):
+        assert (resumed.out_dir / name).read_text() == (whole.out_dir / name).read_text(), name
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    cfg = eval_config(tmp_path, None)
+    with pytest.raises(RuntimeError):
+        evaluate(
+            cfg, progress=False, on_batch=lambda n: (_ for _ in ()).throw(RuntimeError("kill"))
+        )
+    with pytest.raises(MismatchError, match="decoding"):
+        evaluate(eval_config(tmp_path, None, max_new_tokens=25), progress=False)
+
+
+def test_mismatch_refused_then_allowed_and_recorded(tmp_path, adapter):
+    (tmp_path / "other").mkdir()
+    qpath = question_file(tmp_path / "other", index_version="another-index")
+    cfg = eval_config(tmp_path, adapter).model_copy(update={"questions": str(qpath)})
+    with pytest.raises(
+        MismatchError,
+        match="index_version: adapter has 'test-idx', evaluation uses 'another-index'",
+    ):
+        evaluate(cfg, progress=False)
+    result = evaluate(cfg.model_copy(update={"allow_mismatch": True}), progress=False)
+    assert result.meta["allow_mismatch"] and "index_version" in result.meta["mismatches"][0]
+
+
+def test_merged_equals_unmerged_and_differs_from_base(tmp_path, adapter):
+    result = evaluate(eval_config(tmp_path, adapter, merge_check_questions=3), progress=False)
+    assert result.meta["merged"] and result.meta["merge_check"]["exact_match_rate"] == 1.0
+    base = evaluate(eval_config(tmp_path / "base", None), progress=False)
+    merged_out = (result.out_dir / "predictions.jsonl").read_text()
+    assert (
+        merged_out != (base.out_dir / "predictions.jsonl").read_text()
+    )  # the adapter's effect survived the merge
+
+
+@pytest.mark.slow
+def test_4bit_trained_adapter_merges_into_dequantised_weights(tmp_path):
+    params = TrainParams(max_steps=4, lr=2e-2, max_length=4096, lora_dropout=0.0)
+    cfg = TrainConfig(
+        model="tiny-qwen3",
+        quantization="4bit",
+        questions=str(question_file(tmp_path)),
+        prompt=str(PROMPT_PATH),
+        out=str(tmp_path / "a4"),
+        params=params,
+    )
+    adapter = train(cfg, progress=False, device="cpu").adapter_dir
+    merged = load_for_eval(
+        "tiny-qwen3",
+        str(adapter),
+        json.loads((adapter / "sftgate_train.json").read_text()),
+        "auto",
+        merged=True,
+    )
+    assert not merged.quantized_4bit and "Linear4bit" not in {
+        type(m).__name__ for m in merged.model.modules()
+    }
+    result = evaluate(eval_config(tmp_path, adapter, merge_check_questions=3), progress=False)
+    assert result.meta["merge_check"]["exact_match_rate"] >= 2 / 3
+
+
+def test_cli_eval(tmp_path, capsys):
+    code = main(
+        [
+            "eval",
+            "--model",
+            "tiny-qwen3",
+            "--questions",
+            str(question_file(tmp_path)),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-new-tokens",
+            "8",
+            "--prompt",
+            str(PROMPT_PATH),
+        ]
+    )
+    assert code == 0
+    assert "eval_score_avg" in capsys.readouterr().out
