@@ -323,12 +323,15 @@ def merge_agreement(
 
     def decode(model: Any) -> list[str]:
         outs: dict[int, str] = {}
-        kwargs = {
-            "batch_size": config.decode.batch_size,
-            "max_new_tokens": config.decode.max_new_tokens,
-            "eos_ids": eos,
-        }
-        for gens in greedy_generate(model, unmerged.tokenizer, sample, **kwargs):
+        d = config.decode
+        for gens in greedy_generate(
+            model,
+            unmerged.tokenizer,
+            sample,
+            batch_size=d.batch_size,
+            max_new_tokens=d.max_new_tokens,
+            eos_ids=eos,
+        ):
             outs.update({g.index: g.text for g in gens})
         return [outs[i] for i in range(n)]
 

@@ -3,37 +3,49 @@
 Rules (docs/data_check.md): questions are compared after normalisation (NFKC, lowercase,
 punctuation and spaces dropped). Exact duplicate: equal normalised text. Near duplicate: Jaccard
 similarity of character 3-gram sets >= NEAR_DUP_THRESHOLD. Shared reference: an evaluation
-question whose reference shares an evidence quote (whitespace-normalised) with a training question.
+question whose reference shares an evidence quote (whitespace-normalised), or the same answer and
+source paths, with a training question. Gate subset: every gate item is in the full set under the
+same id with the same content.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sftgate.questions import QuestionSet
+from sftgate.hashing import sha256_json
+from sftgate.questions import Question, QuestionSet
 from sftgate.textnorm import compact, squash_ws
 
 NEAR_DUP_THRESHOLD = 0.8
 NGRAM = 3
+N_EXAMPLES = 5
 
 
 def char_ngrams(text: str, n: int = NGRAM) -> frozenset[str]:
+    """Character n-grams of the normalised text; a text shorter than n is its own single gram."""
     s = compact(text)
     if len(s) <= n:
         return frozenset([s]) if s else frozenset()
     return frozenset(s[i : i + n] for i in range(len(s) - n + 1))
 
 
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
 def near_duplicates(
     train: QuestionSet, evaluation: QuestionSet, threshold: float = NEAR_DUP_THRESHOLD
 ) -> list[tuple[str, str, float]]:
-    """(eval_id, train_id, jaccard) for every pair at or above the threshold, best match per eval item.
+    """(eval_id, train_id, jaccard) for each evaluation item whose best training match reaches the threshold.
 
-    An inverted index from n-gram to training items keeps this near-linear: only items sharing at
-    least one n-gram are compared.
+    Exact: an inverted index from n-gram to training items counts the shared n-grams of every
+    pair that shares at least one, so |A ∩ B| is exact and no pair above the threshold is missed.
+    Ties for the best match go to the earlier training item.
     """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], but got {threshold=}")
     index: dict[str, list[int]] = defaultdict(list)
     train_grams = [char_ngrams(q.question) for q in train]
     for i, grams in enumerate(train_grams):
@@ -46,31 +58,49 @@ def near_duplicates(
         for g in grams:
             for i in index.get(g, ()):
                 shared[i] += 1
-        best = max(
-            ((c / (len(grams) + len(train_grams[i]) - c), i) for i, c in shared.items()),
-            default=(0.0, -1),
-        )
-        if best[0] >= threshold:
-            pairs.append((q.id, train.questions[best[1]].id, round(best[0], 4)))
+        best, best_i = 0.0, -1
+        for i, c in sorted(shared.items()):
+            sim = c / (len(grams) + len(train_grams[i]) - c)
+            if sim > best:
+                best, best_i = sim, i
+        if best >= threshold:
+            pairs.append((q.id, train.questions[best_i].id, round(best, 4)))
     return pairs
 
 
-@dataclass
+def _answer_key(q: Question) -> tuple[str, tuple[str, ...]] | None:
+    """Normalised answer + sorted source paths; None for unanswerable items (they all share one)."""
+    if not q.reference.original_evidence:
+        return None
+    return compact(q.reference.answer), tuple(sorted(q.reference.source_paths))
+
+
+def _content_key(q: Question) -> str:
+    return sha256_json(q.model_dump(mode="json", exclude={"id"}, exclude_none=True))
+
+
+@dataclass(frozen=True)
 class LeakageReport:
     train_n: int
     eval_n: int
-    exact_duplicates: list[tuple[str, str]] = field(default_factory=list)  # (eval_id, train_id)
-    near_duplicates: list[tuple[str, str, float]] = field(
-        default_factory=list
-    )  # includes exact ones
-    shared_evidence: list[tuple[str, str]] = field(default_factory=list)  # (eval_id, train_id)
-    shared_ids: list[str] = field(default_factory=list)
+    exact_duplicates: tuple[tuple[str, str], ...]  # (eval_id, train_id)
+    near_duplicates: tuple[
+        tuple[str, str, float], ...
+    ]  # (eval_id, train_id, jaccard); exact ones too
+    shared_evidence: tuple[tuple[str, str], ...]  # (eval_id, train_id): a common evidence quote
+    shared_answer: tuple[tuple[str, str], ...]  # (eval_id, train_id): same answer and source_paths
+    shared_ids: tuple[str, ...]
     gate_n: int | None = None
-    gate_not_in_full: list[str] = field(default_factory=list)  # ids missing from the full set
-    gate_changed: list[str] = field(default_factory=list)  # same id, different content
+    gate_not_in_full: tuple[str, ...] = ()  # gate ids absent from the full set
+    gate_changed: tuple[str, ...] = ()  # same id, different content
+    gate_renamed: tuple[tuple[str, str], ...] = ()  # (gate_id, full_id): same content, other id
+    gate_leaking: tuple[
+        str, ...
+    ] = ()  # gate ids that are near duplicates of training or share an id
 
     @property
     def leaks(self) -> bool:
+        """What --strict fails on: the same (or nearly the same) question, or the same id."""
         return bool(self.exact_duplicates or self.near_duplicates or self.shared_ids)
 
     @property
@@ -82,19 +112,25 @@ class LeakageReport:
             "train_n": self.train_n,
             "eval_n": self.eval_n,
             "near_dup_threshold": NEAR_DUP_THRESHOLD,
+            "ngram": NGRAM,
             "exact_duplicates": len(self.exact_duplicates),
             "near_duplicates": len(self.near_duplicates),
             "shared_evidence": len(self.shared_evidence),
+            "shared_answer": len(self.shared_answer),
             "shared_ids": len(self.shared_ids),
-            "gate_n": self.gate_n,
-            "gate_not_in_full": self.gate_not_in_full,
-            "gate_changed": self.gate_changed,
             "leaks": self.leaks,
+            "gate_n": self.gate_n,
             "gate_subset_of_full": self.gate_ok if self.gate_n is not None else None,
+            "gate_not_in_full": list(self.gate_not_in_full),
+            "gate_changed": list(self.gate_changed),
+            "gate_renamed": [list(p) for p in self.gate_renamed],
+            "gate_leaking": len(self.gate_leaking),
             "examples": {
-                "exact_duplicates": self.exact_duplicates[:5],
-                "near_duplicates": self.near_duplicates[:5],
-                "shared_evidence": self.shared_evidence[:5],
+                "exact_duplicates": [list(p) for p in self.exact_duplicates[:N_EXAMPLES]],
+                "near_duplicates": [list(p) for p in self.near_duplicates[:N_EXAMPLES]],
+                "shared_evidence": [list(p) for p in self.shared_evidence[:N_EXAMPLES]],
+                "shared_answer": [list(p) for p in self.shared_answer[:N_EXAMPLES]],
+                "shared_ids": list(self.shared_ids[:N_EXAMPLES]),
             },
         }
 
@@ -102,16 +138,22 @@ class LeakageReport:
 def check(
     train: QuestionSet, evaluation: QuestionSet, gate: QuestionSet | None = None
 ) -> LeakageReport:
-    report = LeakageReport(train_n=len(train), eval_n=len(evaluation))
-    by_text = {compact(q.question): q.id for q in train}
-    report.exact_duplicates = [
+    by_text: dict[str, str] = {}
+    for q in train:
+        by_text.setdefault(compact(q.question), q.id)
+    exact = tuple(
         (q.id, by_text[compact(q.question)]) for q in evaluation if compact(q.question) in by_text
-    ]
-    report.near_duplicates = near_duplicates(train, evaluation)
+    )
     quote_owner: dict[str, str] = {}
+    answer_owner: dict[tuple[str, tuple[str, ...]], str] = {}
     for q in train:
         for quote in q.reference.original_evidence:
             quote_owner.setdefault(squash_ws(quote), q.id)
+        key = _answer_key(q)
+        if key is not None:
+            answer_owner.setdefault(key, q.id)
+    shared_evidence = []
+    shared_answer = []
     for q in evaluation:
         owners = [
             quote_owner[s]
@@ -119,12 +161,35 @@ def check(
             if s in quote_owner
         ]
         if owners:
-            report.shared_evidence.append((q.id, owners[0]))
+            shared_evidence.append((q.id, owners[0]))
+        key = _answer_key(q)
+        if key is not None and key in answer_owner:
+            shared_answer.append((q.id, answer_owner[key]))
     train_ids = {q.id for q in train}
-    report.shared_ids = [q.id for q in evaluation if q.id in train_ids]
-    if gate is not None:
-        full = evaluation.by_id
-        report.gate_n = len(gate)
-        report.gate_not_in_full = [q.id for q in gate if q.id not in full]
-        report.gate_changed = [q.id for q in gate if q.id in full and full[q.id] != q]
-    return report
+    report = LeakageReport(
+        train_n=len(train),
+        eval_n=len(evaluation),
+        exact_duplicates=exact,
+        near_duplicates=tuple(near_duplicates(train, evaluation)),
+        shared_evidence=tuple(shared_evidence),
+        shared_answer=tuple(shared_answer),
+        shared_ids=tuple(q.id for q in evaluation if q.id in train_ids),
+    )
+    if gate is None:
+        return report
+    full = evaluation.by_id
+    full_by_content = {_content_key(q): q.id for q in evaluation}
+    absent = [q for q in gate if q.id not in full]
+    leaking = {p[0] for p in report.near_duplicates} | set(report.shared_ids)
+    return replace(
+        report,
+        gate_n=len(gate),
+        gate_not_in_full=tuple(q.id for q in absent),
+        gate_changed=tuple(q.id for q in gate if q.id in full and full[q.id] != q),
+        gate_leaking=tuple(q.id for q in gate if q.id in leaking),
+        gate_renamed=tuple(
+            (q.id, full_by_content[_content_key(q)])
+            for q in absent
+            if _content_key(q) in full_by_content
+        ),
+    )

@@ -10,8 +10,73 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sftgate.leakage import NEAR_DUP_THRESHOLD, check
-from sftgate.questions import load_questions
+from sftgate.leakage import NEAR_DUP_THRESHOLD, NGRAM, LeakageReport, check
+from sftgate.questions import QuestionSet, load_questions
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def print_report(
+    console: Console,
+    report: LeakageReport,
+    train: QuestionSet,
+    evaluation: QuestionSet,
+    gate_path: str | None,
+) -> None:
+    table = Table(title=f"data check: {train.path} (train) vs {evaluation.path} (eval)")
+    table.add_column("check")
+    table.add_column("eval questions", justify="right")
+    table.add_column("fails --strict")
+    n = report.eval_n
+    rows: list[tuple[str, Sequence[tuple[Any, ...]], bool]] = [
+        ("exact duplicate question", report.exact_duplicates, True),
+        (
+            f"near duplicate (char {NGRAM}-gram Jaccard ≥ {NEAR_DUP_THRESHOLD})",
+            report.near_duplicates,
+            True,
+        ),
+        ("shares an evidence quote", report.shared_evidence, False),
+        ("same answer and source_paths", report.shared_answer, False),
+    ]
+    for label, pairs, strict in rows:
+        table.add_row(
+            label, f"{len(pairs)} / {n} ({len(pairs) / n:.0%})", "yes" if strict else "no"
+        )
+    table.add_row("same id in both", f"{len(report.shared_ids)} / {n}", "yes")
+    console.print(table)
+    q_eval, q_train = evaluation.by_id, train.by_id
+    for label, pairs, _ in rows:
+        if pairs:
+            console.print(f"{label}, e.g.:")
+        for pair in pairs[:3]:
+            console.print(
+                f"  {pair[0]} 「{_clip(q_eval[pair[0]].question)}」 ← "
+                f"{pair[1]} 「{_clip(q_train[pair[1]].question)}」"
+            )
+    if report.shared_ids:
+        console.print(f"same id in both, e.g.: {', '.join(report.shared_ids[:5])}")
+    if gate_path is not None:
+        verdict = "[green]yes[/green]" if report.gate_ok else "[red]no[/red]"
+        console.print(
+            f"gate set {gate_path} ({report.gate_n} questions) is a subset of the full set: {verdict}"
+        )
+        console.print(
+            f"  gate questions that repeat a training question (near duplicate or same id): "
+            f"{len(report.gate_leaking)} / {report.gate_n}"
+        )
+        renamed = dict(report.gate_renamed)
+        for qid in report.gate_not_in_full[:5]:
+            hint = f" (same content as {renamed[qid]} there)" if qid in renamed else ""
+            console.print(f"  not in the full set: {qid}{hint}")
+        for qid in report.gate_changed[:5]:
+            console.print(f"  differs from the full set's item with the same id: {qid}")
+    if report.leaks:
+        console.print(
+            "[yellow]leakage:[/yellow] some evaluation questions repeat training questions; "
+            "scores on them measure memorisation. Keep the gate set fixed (the seed's advice) or remove them."
+        )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -21,38 +86,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
-        console = Console()
-        table = Table(title=f"data check: {args.train} (train) vs {args.eval} (eval)")
-        table.add_column("check")
-        table.add_column("eval questions", justify="right")
-        table.add_column("example (eval id ← train id)")
-        n = report.eval_n
-        rows: list[tuple[str, Sequence[tuple[Any, ...]]]] = [
-            ("exact duplicate question", report.exact_duplicates),
-            (f"near duplicate (char-3gram Jaccard ≥ {NEAR_DUP_THRESHOLD})", report.near_duplicates),
-            ("shares an evidence quote", report.shared_evidence),
-        ]
-        for label, pairs in rows:
-            example = f"{pairs[0][0]} ← {pairs[0][1]}" if pairs else ""
-            table.add_row(label, f"{len(pairs)} / {n} ({len(pairs) / n:.0%})", example)
-        table.add_row(
-            "same id in both", f"{len(report.shared_ids)} / {n}", ", ".join(report.shared_ids[:3])
-        )
-        console.print(table)
-        if gate is not None:
-            verdict = "[green]yes[/green]" if report.gate_ok else "[red]no[/red]"
-            console.print(
-                f"gate set {args.gate} ({report.gate_n} questions) is a subset of the full set: {verdict}"
-            )
-            for qid in report.gate_not_in_full[:5]:
-                console.print(f"  not in the full set: {qid}")
-            for qid in report.gate_changed[:5]:
-                console.print(f"  differs from the full set's item: {qid}")
-        if report.leaks:
-            console.print(
-                "[yellow]leakage:[/yellow] some evaluation questions repeat training questions; "
-                "scores on them measure memorisation. Keep the gate set fixed (the seed's advice) or remove them."
-            )
+        print_report(Console(), report, train, evaluation, args.gate)
     failed = report.leaks or (gate is not None and not report.gate_ok)
     return 1 if args.strict and failed else 0
 
