@@ -275,11 +275,7 @@ def rst_to_markdown(text: str) -> str:
         line, nxt = lines[i], (lines[i + 1] if i + 1 < len(lines) else "")
         after = lines[i + 2] if i + 2 < len(lines) else ""
         title, style, used = None, None, 0
-        if (
-            _RST_ADORNMENT.fullmatch(line.strip())
-            and nxt.strip()
-            and after.strip() == line.strip()
-        ):
+        if _RST_ADORNMENT.fullmatch(line.strip()) and nxt.strip() and after.strip() == line.strip():
             title, style, used = nxt.strip(), (line.strip()[0], True), 3
         elif (
             line.strip()
@@ -352,9 +348,7 @@ def sections(doc: Document) -> list[Section]:
     def end_section() -> None:
         end_paragraph()
         if paragraphs or current_anchor is not None:
-            out.append(
-                Section(current_anchor, tuple(line for _, line in stack), tuple(paragraphs))
-            )
+            out.append(Section(current_anchor, tuple(line for _, line in stack), tuple(paragraphs)))
         paragraphs.clear()
 
     for line in text.split("\n"):

@@ -78,7 +78,9 @@ def check_fingerprint(model: Any, name: str, expected: str) -> None:
         )
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], rrf_k: int) -> list[tuple[int, float]]:
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[int]], rrf_k: int
+) -> list[tuple[int, float]]:
     """Items ordered by the sum over rankings of 1 / (rrf_k + rank), ranks counted from 1;
     equal sums are ordered by item id, so the order is deterministic."""
     scores: dict[int, float] = {}
