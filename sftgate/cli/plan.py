@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -14,7 +15,7 @@ from sftgate.planner import History, Policy, Thresholds, plan_next
 
 def run(args: argparse.Namespace) -> int:
     try:
-        raw = json.loads(open(args.history, encoding="utf-8").read())
+        raw = json.loads(Path(args.history).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(
             Problem(args.history, "", "", f"cannot read the history: {e}", "give a JSON file")
