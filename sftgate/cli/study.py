@@ -1,0 +1,181 @@
+"""`sftgate search`, `report`, `runs`, `show`, `compare` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sftgate.errors import InputError, Problem
+from sftgate.registry import Registry, comparable
+from sftgate.report import write_report
+from sftgate.scoring import paired_comparison, read_per_question
+from sftgate.search import load_study_config, search
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO_ROOT / "examples" / "sample" / "study_cpu.yaml"
+
+
+def registry(args: argparse.Namespace) -> Registry:
+    return Registry(args.registry)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    search(args.config)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if not DEMO_CONFIG.exists():
+        raise InputError(
+            Problem(
+                str(DEMO_CONFIG),
+                "",
+                "",
+                "the sample project is not here",
+                "run the demo from a clone of the sftgate repository",
+            )
+        )
+    config = load_study_config(DEMO_CONFIG)
+    if args.fresh:
+        shutil.rmtree(config.workdir, ignore_errors=True)
+        if config.registry:
+            Path(config.registry).unlink(missing_ok=True)
+    search(DEMO_CONFIG)
+    Console().print(
+        f"\nDemo done. Report: {Path(config.workdir) / 'report.md'}\n"
+        "Run `sftgate demo` again: the study resumes and redoes nothing. "
+        "On a GPU, `sftgate search --config examples/sample/study.yaml` runs the same search with Qwen/Qwen3-4B."
+    )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    reg = registry(args)
+    study = reg.study(args.study)
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(study.config["workdir"] if study else ".") / f"report.{args.format}"
+    )
+    path = write_report(reg, args.study, out, args.format)
+    Console().print(f"report -> {path}")
+    return 0
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    reg = registry(args)
+    table = Table(title=f"runs in {reg.path}")
+    for col in (
+        "study",
+        "run",
+        "round",
+        "status",
+        "eval_score_avg",
+        "schema",
+        "grounding",
+        "params",
+        "failure",
+    ):
+        table.add_column(col)
+    names = {s.id: s.name for s in reg.studies()}
+    study = reg.study(args.study) if args.study else None
+    for r in reg.runs(study.id if study else None):
+        p = r["params"]
+        table.add_row(
+            names[r["study_id"]],
+            r["id"],
+            str(r["round"]),
+            r["status"],
+            f"{r['eval_score_avg']:.2f}" if r["eval_score_avg"] is not None else "–",
+            f"{r['schema_pass_rate']:.3f}" if r["schema_pass_rate"] is not None else "–",
+            f"{r['grounding_avg']:.3f}" if r["grounding_avg"] is not None else "–",
+            f"steps={p['max_steps']} lr={p['lr']:g} len={p['max_length']}",
+            (r["failure"] or "")[:60],
+        )
+    Console().print(table)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    r = registry(args).run(args.run)
+    if r is None:
+        raise InputError(
+            Problem(
+                str(registry(args).path),
+                args.run,
+                "run",
+                "no such run",
+                "list them with `sftgate runs`",
+            )
+        )
+    print(json.dumps(r, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    reg = registry(args)
+    a, b = reg.run(args.run_a), reg.run(args.run_b)
+    for rid, r in ((args.run_a, a), (args.run_b, b)):
+        if r is None or r["status"] != "done":
+            raise InputError(
+                Problem(
+                    str(reg.path),
+                    rid,
+                    "run",
+                    "no finished run with this id",
+                    "list them with `sftgate runs`",
+                )
+            )
+    assert a is not None and b is not None
+    comparable(a, b)
+    cmp = paired_comparison(
+        read_per_question(Path(a["gate_dir"]) / "per_question.jsonl"),
+        read_per_question(Path(b["gate_dir"]) / "per_question.jsonl"),
+    )
+    Console().print(
+        f"{args.run_b} minus {args.run_a} on {cmp['n']} gate questions: {cmp['mean_diff']:+.2f} eval_score points "
+        f"(95% paired-bootstrap CI {cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}); {cmp['wins']} better, {cmp['losses']} worse, {cmp['ties']} equal"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def reg_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--registry", help="registry SQLite file (default $SFTGATE_HOME/registry.sqlite)"
+        )
+
+    p = sub.add_parser(
+        "search", help="run (or resume) a study: plan, train, evaluate round after round"
+    )
+    p.add_argument("--config", required=True, help="study YAML (`kind: study`)")
+    p.set_defaults(func=run_search)
+    p = sub.add_parser(
+        "demo", help="the whole search on the sample project with tiny-qwen3 on a CPU"
+    )
+    p.add_argument("--fresh", action="store_true", help="delete the demo's earlier results first")
+    p.set_defaults(func=run_demo)
+    p = sub.add_parser("report", help="write a study's report (Markdown or HTML) with plots")
+    p.add_argument("study", help="study name or id")
+    p.add_argument("--format", choices=["md", "html"], default="md")
+    p.add_argument("--out", help="report file (default WORKDIR/report.FORMAT)")
+    reg_arg(p)
+    p.set_defaults(func=run_report)
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--study", help="only this study")
+    reg_arg(p)
+    p.set_defaults(func=run_runs)
+    p = sub.add_parser("show", help="everything recorded about one run (JSON)")
+    p.add_argument("run")
+    reg_arg(p)
+    p.set_defaults(func=run_show)
+    p = sub.add_parser("compare", help="paired comparison of two runs on the same gate questions")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    reg_arg(p)
+    p.set_defaults(func=run_compare)
