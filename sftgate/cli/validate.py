@@ -14,9 +14,10 @@ from sftgate.errors import InputError, Problem
 def config_kinds() -> dict[str, type[StrictModel]]:
     """Every kind of config file, by the value of its top-level `kind:` key."""
     from sftgate.evaluate import EvalConfig
+    from sftgate.search import StudyConfig
     from sftgate.train import TrainConfig
 
-    return {"train": TrainConfig, "eval": EvalConfig}
+    return {"train": TrainConfig, "eval": EvalConfig, "study": StudyConfig}
 
 
 def validate_file(path: str) -> StrictModel:
