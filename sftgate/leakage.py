@@ -1,8 +1,9 @@
 """`sftgate data check`: does the evaluation leak into training? Is the gate set part of the full set?
 
 Rules (docs/data_check.md): questions are compared after normalisation (NFKC, lowercase,
-punctuation and spaces dropped). Exact duplicate: equal normalised text. Near duplicate: Jaccard
-similarity of character 3-gram sets >= NEAR_DUP_THRESHOLD. Shared reference: an evaluation
+punctuation and spaces dropped). Exact duplicate: equal normalised text. Near duplicate: the
+character 3-gram sets overlap by >= NEAR_DUP_THRESHOLD of the smaller one (containment), the
+smaller having at least MIN_NGRAMS grams. Shared reference: an evaluation
 question whose reference shares an evidence quote (whitespace-normalised), or the same answer and
 source paths, with a training question. Gate subset: every gate item is in the full set under the
 same id with the same content.
@@ -20,6 +21,9 @@ from sftgate.textnorm import compact, squash_ws
 
 NEAR_DUP_THRESHOLD = 0.8
 NGRAM = 3
+# Below this many grams (6 normalised characters) containment says little: "VPN?" is inside every
+# VPN question. Such short texts are near duplicates only when they are exact duplicates.
+MIN_NGRAMS = 4
 N_EXAMPLES = 5
 
 
@@ -35,14 +39,25 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
+def similarity(a: frozenset[str], b: frozenset[str]) -> float:
+    """The near-duplicate measure: containment |A ∩ B| / min(|A|, |B|), for texts long enough."""
+    return _similarity(len(a & b), len(a), len(b))
+
+
+def _similarity(shared: int, n_a: int, n_b: int) -> float:
+    if shared == n_a == n_b:
+        return 1.0
+    return shared / min(n_a, n_b) if min(n_a, n_b) >= MIN_NGRAMS else 0.0
+
+
 def near_duplicates(
     train: QuestionSet, evaluation: QuestionSet, threshold: float = NEAR_DUP_THRESHOLD
 ) -> list[tuple[str, str, float]]:
-    """(eval_id, train_id, jaccard) for each evaluation item whose best training match reaches the threshold.
+    """(eval_id, train_id, similarity) for each evaluation item whose best training match reaches the threshold.
 
     Exact: an inverted index from n-gram to training items counts the shared n-grams of every
     pair that shares at least one, so |A ∩ B| is exact and no pair above the threshold is missed.
-    Ties for the best match go to the earlier training item.
+    The best match has the highest `similarity`, then the highest Jaccard, then comes first.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], but got {threshold=}")
@@ -58,13 +73,14 @@ def near_duplicates(
         for g in grams:
             for i in index.get(g, ()):
                 shared[i] += 1
-        best, best_i = 0.0, -1
+        best, best_i = (0.0, 0.0), -1
         for i, c in sorted(shared.items()):
-            sim = c / (len(grams) + len(train_grams[i]) - c)
+            n_t = len(train_grams[i])
+            sim = (_similarity(c, len(grams), n_t), c / (len(grams) + n_t - c))
             if sim > best:
                 best, best_i = sim, i
-        if best >= threshold:
-            pairs.append((q.id, train.questions[best_i].id, round(best, 4)))
+        if best[0] >= threshold:
+            pairs.append((q.id, train.questions[best_i].id, round(best[0], 4)))
     return pairs
 
 
@@ -86,7 +102,7 @@ class LeakageReport:
     exact_duplicates: tuple[tuple[str, str], ...]  # (eval_id, train_id)
     near_duplicates: tuple[
         tuple[str, str, float], ...
-    ]  # (eval_id, train_id, jaccard); exact ones too
+    ]  # (eval_id, train_id, similarity); exact too
     shared_evidence: tuple[tuple[str, str], ...]  # (eval_id, train_id): a common evidence quote
     shared_answer: tuple[tuple[str, str], ...]  # (eval_id, train_id): same answer and source_paths
     shared_ids: tuple[str, ...]
@@ -113,6 +129,7 @@ class LeakageReport:
             "eval_n": self.eval_n,
             "near_dup_threshold": NEAR_DUP_THRESHOLD,
             "ngram": NGRAM,
+            "min_ngrams": MIN_NGRAMS,
             "exact_duplicates": len(self.exact_duplicates),
             "near_duplicates": len(self.near_duplicates),
             "shared_evidence": len(self.shared_evidence),

@@ -666,3 +666,25 @@ def test_paired_comparison_identical_sets_is_zero():
     a = [score_question(f"q{i}", PERFECT if i % 2 else "x", ZH_REF, ZH_PASSAGES) for i in range(10)]
     cmp = paired_comparison(a, a)
     assert cmp["mean_diff"] == 0.0 and cmp["ci95"] == [0.0, 0.0] and cmp["ties"] == 10
+
+
+def test_spec_states_what_the_code_does():
+    spec = SPEC_PATH.read_text(encoding="utf-8")
+    formula = " + ".join(f"{w:.2f}·{k}" for k, w in WEIGHTS.items())
+    assert f"100 × ({formula})" in spec
+    assert REFUSAL_ZH in spec and REFUSAL_EN in spec
+    for output, _ in [
+        ("", None),
+        ("<think></think>{}", None),
+        ("```json\n{}\n```", None),
+        ("[1]", None),
+        ("x {}", None),
+        ("x", None),
+        ("{", None),
+        ('{"a": 1, "a": 2}', None),
+        ("{} x", None),
+    ]:
+        _, reason = parse_output(output)
+        assert reason is not None
+        stem = reason.split(":")[0].split(" '")[0].split(" (")[0]
+        assert f"`{stem}" in spec, reason

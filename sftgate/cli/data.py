@@ -33,7 +33,7 @@ def print_report(
     rows: list[tuple[str, Sequence[tuple[Any, ...]], bool]] = [
         ("exact duplicate question", report.exact_duplicates, True),
         (
-            f"near duplicate (char {NGRAM}-gram Jaccard ≥ {NEAR_DUP_THRESHOLD})",
+            f"near duplicate (char {NGRAM}-gram containment ≥ {NEAR_DUP_THRESHOLD})",
             report.near_duplicates,
             True,
         ),
