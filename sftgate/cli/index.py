@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from sftgate.config import validation_problems
+from sftgate.contexts import write_contexts
+from sftgate.errors import InputError
+from sftgate.hashing import short
 from sftgate.index import (
     IndexSettings,
     build_index,
@@ -18,20 +25,36 @@ from sftgate.index import (
 from sftgate.questions import load_questions
 
 
+def _settings(args: argparse.Namespace) -> IndexSettings:
+    values = {
+        "chunk_chars": args.chunk_chars,
+        "overlap_chars": args.overlap_chars,
+        "retriever": args.retriever,
+        "k1": args.k1,
+        "b": args.b,
+        "embedding_model": args.embedding_model,
+        "rrf_k": args.rrf_k,
+    }
+    try:
+        return IndexSettings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as e:
+        raise InputError(validation_problems(e, "command line")) from None
+
+
 def run_build(args: argparse.Namespace) -> int:
-    settings = IndexSettings(
-        chunk_chars=args.chunk_chars, overlap_chars=args.overlap_chars, k1=args.k1, b=args.b
+    index, corpus = build_index(
+        args.corpus, args.out, _settings(args), skip_bad=args.skip_bad, progress=True
     )
-    index, skipped = build_index(
-        args.corpus, args.out, settings, skip_bad=args.skip_bad, progress=True
-    )
-    console = Console()
-    for problem in skipped:
-        console.print(f"[yellow]skipped:[/yellow] {problem}")
+    console = Console(highlight=False)
+    for problem in corpus.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {escape(str(problem))}")
+    if corpus.ignored:
+        console.print(
+            f"ignored {len(corpus.ignored)} file(s) with other suffixes, e.g. {corpus.ignored[0]}"
+        )
     m = index.manifest
-    console.print(
-        f"index_version {index.version}\n{m['documents']} documents, {m['chunks']} chunks -> {args.out}"
-    )
+    console.print(f"index_version {index.version}")
+    console.print(f"{m['documents']} documents, {m['chunks']} chunks -> {args.out}")
     return 0
 
 
@@ -39,12 +62,12 @@ def run_query(args: argparse.Namespace) -> int:
     index = load_index(args.index)
     hits = index.search([args.question], args.k)[0]
     if args.json:
-        print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=2))
+        print(json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2))
         return 0
-    console = Console()
+    console = Console(highlight=False)
     for rank, h in enumerate(hits, 1):
-        console.print(f"[bold]{rank}. {h.source_path}[/bold]  (score {h.score:.3f})")
-        console.print(h.text, markup=False, highlight=False)
+        console.print(f"[bold]{rank}. {escape(h.source_path)}[/bold]  score {h.score:.3f}")
+        console.print(h.text, markup=False)
         console.print()
     if not hits:
         console.print("no passage shares a term with the question")
@@ -52,11 +75,14 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_retrieve(args: argparse.Namespace) -> int:
-    index = load_index(args.index)
     questions = load_questions(args.questions)
-    retrieve_contexts(index, questions, args.top_k, args.out)
-    Console().print(
-        f"{len(questions)} questions x top {args.top_k} passages -> {args.out} (index_version {index.version[:12]})"
+    meta, rows = retrieve_contexts(args.index, questions, args.top_k)
+    write_contexts(args.out, meta, rows)
+    short_lists = sum(len(r.passages) < args.top_k for r in rows)
+    Console(highlight=False).print(
+        f"{len(rows)} questions x top {args.top_k} passages -> {args.out} "
+        f"(index_version {short(meta.index_version)}, eval_set_version "
+        f"{short(questions.version)}; {short_lists} question(s) got fewer than {args.top_k})"
     )
     return 0
 
@@ -64,61 +90,109 @@ def run_retrieve(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     index = load_index(args.index)
     questions = load_questions(args.questions)
-    ks = [int(k) for k in args.k.split(",")]
-    report = evaluate_retrieval(index, questions, ks)
+    report = evaluate_retrieval(index, questions, args.k)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
-    table = Table(title=f"retrieval on {questions.describe()} (index {index.version[:12]})")
+    table = Table(title=f"retrieval on {questions.describe()}, index {short(index.version)}")
     table.add_column("k", justify="right")
     table.add_column("recall@k (source_paths)", justify="right")
     table.add_column("evidence in top k", justify="right")
-    for k in ks:
+    for k in sorted(set(args.k)):
+        recall, evidence = report["recall"][str(k)], report["evidence_in_top_k"][str(k)]
         table.add_row(
-            str(k), f"{report['recall'][str(k)]:.3f}", f"{report['evidence_in_top_k'][str(k)]:.3f}"
+            str(k),
+            "-" if recall is None else f"{recall:.3f}",
+            "-" if evidence is None else f"{evidence:.3f}",
         )
-    console = Console()
+    console = Console(highlight=False)
     console.print(table)
+    mrr = "-" if report["mrr"] is None else f"{report['mrr']:.3f}"
     console.print(
-        f"MRR {report['mrr']:.3f} over {report['n']} answerable questions ({report['unanswerable_excluded']} unanswerable left out)"
+        f"MRR {mrr} over {report['answerable']} answerable questions "
+        f"({report['unanswerable_excluded']} unanswerable left out; evidence share over "
+        f"{report['with_evidence']} with evidence quotes); "
+        f"{len(report['missed_at_max_k'])} with no matching chunk in the top {max(args.k)}"
     )
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _k_list(text: str) -> list[int]:
+    return [_positive_int(part.strip()) for part in text.split(",")]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build, query and evaluate the knowledge-base index")
     isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
-    defaults = IndexSettings()
-    b = isub.add_parser("build", help="ingest a corpus folder (or JSONL), chunk it, build BM25")
+    fields = IndexSettings.model_fields
+
+    b = isub.add_parser("build", help="ingest a corpus, chunk it, build the retriever")
     b.add_argument(
         "--corpus",
         required=True,
         help="folder of .md/.txt/.rst/.html files, or a JSONL of {source_path, text}",
     )
-    b.add_argument("--out", required=True, help="index folder to write")
-    b.add_argument("--chunk-chars", type=int, default=defaults.chunk_chars)
-    b.add_argument("--overlap-chars", type=int, default=defaults.overlap_chars)
-    b.add_argument("--k1", type=float, default=defaults.k1)
-    b.add_argument("--b", type=float, default=defaults.b)
+    b.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     b.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable or non-UTF-8 files and report them"
+        "--chunk-chars",
+        type=_positive_int,
+        help=f"{fields['chunk_chars'].description} (default {fields['chunk_chars'].default})",
+    )
+    b.add_argument(
+        "--overlap-chars",
+        type=int,
+        help=f"{fields['overlap_chars'].description} (default {fields['overlap_chars'].default})",
+    )
+    b.add_argument(
+        "--retriever",
+        choices=["bm25", "dense", "hybrid"],
+        help=f"{fields['retriever'].description} (default bm25)",
+    )
+    b.add_argument("--k1", type=float, help=f"BM25 k1 (default {fields['k1'].default})")
+    b.add_argument("--b", type=float, help=f"BM25 b (default {fields['b'].default})")
+    b.add_argument("--embedding-model", help=fields["embedding_model"].description)
+    b.add_argument("--rrf-k", type=_positive_int, help=fields["rrf_k"].description)
+    b.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unreadable or non-UTF-8 files and list them, instead of stopping",
     )
     b.set_defaults(func=run_build)
+
     q = isub.add_parser("query", help="show the top passages for one question")
-    q.add_argument("index")
+    q.add_argument("index", help="index folder")
     q.add_argument("question")
-    q.add_argument("-k", type=int, default=5)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("-k", type=_positive_int, default=5, help="passages to show (default 5)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
     q.set_defaults(func=run_query)
-    r = isub.add_parser("retrieve", help="write a contexts file: top-k passages for every question")
-    r.add_argument("--index", required=True)
-    r.add_argument("--questions", required=True)
-    r.add_argument("--top-k", type=int, default=3)
+
+    r = isub.add_parser(
+        "retrieve", help="write a contexts file: the top-k passages of every question"
+    )
+    r.add_argument("--index", required=True, help="index folder")
+    r.add_argument("--questions", required=True, help="question set (JSON or JSONL)")
+    r.add_argument("--top-k", type=_positive_int, required=True, help="passages per question")
     r.add_argument("--out", required=True, help="contexts JSONL to write")
     r.set_defaults(func=run_retrieve)
-    e = isub.add_parser("eval", help="recall@k and MRR of the reference source_paths")
-    e.add_argument("--index", required=True)
-    e.add_argument("--questions", required=True)
-    e.add_argument("-k", default="1,3,5,10", help="comma-separated k values")
-    e.add_argument("--json", action="store_true")
+
+    e = isub.add_parser("eval", help="recall@k, MRR and evidence share against the references")
+    e.add_argument("--index", required=True, help="index folder")
+    e.add_argument("--questions", required=True, help="question set with references")
+    e.add_argument(
+        "-k",
+        type=_k_list,
+        default=[1, 3, 5, 10],
+        help="comma-separated k values (default 1,3,5,10)",
+    )
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=run_eval)

@@ -23,7 +23,7 @@ def _sentence_transformers() -> Any:
     except ImportError:
         raise SftgateError(
             "the dense and hybrid retrievers need sentence-transformers, which is not installed: "
-            "run `pip install 'sftgate[dense]'`, or build the index with --retriever bm25"
+            "run `pip install sentence-transformers` (sftgate's dense extra), or build the index with --retriever bm25"
         ) from None
     return sentence_transformers
 
