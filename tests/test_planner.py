@@ -7,6 +7,7 @@ import json
 import pytest
 
 from sftgate.cli import main
+from sftgate.params import TrainParams
 from sftgate.planner import History, Policy, Thresholds, plan_next
 
 R0 = {
@@ -189,19 +190,19 @@ CASES = [
         "full-set evaluation is done",
     ),
     (
-        "no run reaches schema 0.98 -> stop",
+        "no run reaches schema 0.98 -> go on from the highest schema_pass_rate",
         hist(
             SMOKE_OK,
             [
-                run("b", BASE, 90.0, schema=0.9),
+                run("b", BASE, 92.0, schema=0.9),
                 run("c", CONS, 90.0, schema=0.95),
                 run("s", STRONG, 90.0, schema=0.5),
             ],
         ),
-        "stop",
-        1,
-        [],
-        None,
+        "train",
+        2,
+        [{**CONS, "max_steps": 400}],
+        "c",
         "no run reaches schema_pass_rate",
     ),
     (
@@ -411,3 +412,40 @@ def test_plan_cli_same_decisions(tmp_path, capsys):
     assert "thresholds.nope: unknown key" in capsys.readouterr().err.replace("field '", "").replace(
         "'", ""
     )
+
+
+def test_plateau_gain_of_exactly_the_threshold_goes_on():
+    # 90.3 - 90.0 is 0.2999... in floating point; the rule compares the rounded gain.
+    rounds = (
+        SMOKE_OK,
+        [run("b", BASE, 90.0, detailed_description_f1=0.5), run("c", CONS, 80.0)],
+        [run("b2", {**BASE, "max_steps": 300}, 90.3, detailed_description_f1=0.5)],
+    )
+    d = plan_next(hist(*rounds))
+    assert (d.action, d.round, d.selected_run) == ("train", 3, "b2")
+
+
+def test_full_eval_failure_stops_with_its_reason():
+    h = History.model_validate(
+        {
+            "rounds": [
+                {"round": 0, "runs": SMOKE_OK},
+                {"round": 1, "runs": [run("b", BASE, 96.0)]},
+            ],
+            "full_eval_failures": {"b": "CUDA out of memory"},
+        }
+    )
+    d = plan_next(h)
+    assert (d.action, d.selected_run) == ("stop", "b")
+    assert "full-set evaluation failed: CUDA out of memory" in d.reason
+
+
+def test_round1_skips_a_config_equal_to_the_smoke_run():
+    policy = Policy(round0=TrainParams(max_steps=200))
+    d = plan_next(hist([run("r0", BASE, 40.0, schema=0.95)]), policy)
+    assert [c.params for c in d.configs] == [CONS, STRONG]
+
+
+def test_round1_reasons_must_match_configs():
+    with pytest.raises(ValueError, match="one reason per config"):
+        Policy(round1=[{"max_steps": 10}], round1_reasons=["a", "b"])
