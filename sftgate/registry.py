@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,6 +18,7 @@ from typing import Any
 
 from sftgate.errors import MismatchError, SftgateError
 from sftgate.paths import data_dir
+from sftgate.scoring import QuestionScore
 
 MIGRATIONS: list[str] = [
     # 1: studies, runs, decisions
@@ -82,6 +83,28 @@ MIGRATIONS: list[str] = [
         action TEXT NOT NULL,
         decision_json TEXT NOT NULL,
         created_at TEXT NOT NULL
+    );
+    """,
+    # 2: the full-set evaluation's own state, and per-question scores for paired comparisons
+    """
+    ALTER TABLE runs ADD COLUMN full_status TEXT
+        CHECK (full_status IS NULL OR full_status IN ('evaluating', 'done', 'failed'));
+    ALTER TABLE runs ADD COLUMN full_eval_set_version TEXT;
+    ALTER TABLE runs ADD COLUMN full_failure TEXT;
+    ALTER TABLE runs ADD COLUMN full_eval_s REAL;
+    CREATE TABLE question_scores (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        split TEXT NOT NULL CHECK (split IN ('gate', 'full')),
+        question_id TEXT NOT NULL,
+        schema_ok INTEGER NOT NULL,
+        schema_error TEXT,
+        answer_f1 REAL NOT NULL,
+        detailed_description_f1 REAL NOT NULL,
+        original_evidence REAL NOT NULL,
+        grounding REAL NOT NULL,
+        context_recall REAL,
+        eval_score REAL NOT NULL,
+        PRIMARY KEY (run_id, split, question_id)
     );
     """,
 ]
@@ -197,9 +220,10 @@ class Registry:
         """
         existing = self.study(name)
         if existing is not None:
+            keys = [*PIN_KEYS, *sorted((set(existing.pins) | set(pins)) - set(PIN_KEYS))]
             changed = [
-                f"{k} (was {existing.pins[k][:16]}, now {pins[k][:16]})"
-                for k in PIN_KEYS
+                f"{k} (was {str(existing.pins.get(k))[:16]}, now {str(pins.get(k))[:16]})"
+                for k in keys
                 if existing.pins.get(k) != pins.get(k)
             ]
             if changed:
@@ -236,37 +260,64 @@ class Registry:
 
     # ------------------------------------------------------------------ runs
 
+    def record_decision(
+        self,
+        study: Study,
+        decision: Mapping[str, Any],
+        configs: list[tuple[dict[str, Any], str]] | None = None,
+    ) -> list[str]:
+        """The planner's decision and, for a train decision, its round's planned runs, in one
+        transaction: a crash never leaves a decision without its runs. Idempotent: a resumed
+        search that re-derives the same decision adds nothing."""
+        with self.tx() as db:
+            self._add_decision(db, study.id, decision)
+            if configs is None:
+                return []
+            return self._add_round(db, study, int(decision["round"]), configs)
+
     def add_round(
         self, study: Study, round_: int, configs: list[tuple[dict[str, Any], str]]
     ) -> list[str]:
         """Insert a round's planned runs (idempotent: an existing round is returned as is)."""
-        existing = self.runs(study.id, round_=round_)
+        with self.tx() as db:
+            return self._add_round(db, study, round_, configs)
+
+    def _add_round(
+        self,
+        db: sqlite3.Connection,
+        study: Study,
+        round_: int,
+        configs: list[tuple[dict[str, Any], str]],
+    ) -> list[str]:
+        existing = db.execute(
+            "SELECT id FROM runs WHERE study_id = ? AND round = ? ORDER BY position",
+            (study.id, round_),
+        ).fetchall()
         if existing:
             return [r["id"] for r in existing]
         ids = []
-        with self.tx() as db:
-            for pos, (params, reason) in enumerate(configs):
-                run_id = f"r{round_}-{pos}-{uuid.uuid4().hex[:6]}"
-                ids.append(run_id)
-                db.execute(
-                    "INSERT INTO runs (id, study_id, round, position, params_json, reason, status, model_id, prompt_version, prompt_sha256, index_version, eval_set_version, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        study.id,
-                        round_,
-                        pos,
-                        json.dumps(params),
-                        reason,
-                        study.pins["model_id"],
-                        study.pins["prompt_version"],
-                        study.pins["prompt_sha256"],
-                        study.pins["index_version"],
-                        study.pins["gate_set_version"],
-                        now(),
-                        now(),
-                    ),
-                )
+        for pos, (params, reason) in enumerate(configs):
+            run_id = f"r{round_}-{pos}-{uuid.uuid4().hex[:6]}"
+            ids.append(run_id)
+            db.execute(
+                "INSERT INTO runs (id, study_id, round, position, params_json, reason, status, model_id, prompt_version, prompt_sha256, index_version, eval_set_version, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    study.id,
+                    round_,
+                    pos,
+                    json.dumps(params),
+                    reason,
+                    study.pins["model_id"],
+                    study.pins["prompt_version"],
+                    study.pins["prompt_sha256"],
+                    study.pins["index_version"],
+                    study.pins["gate_set_version"],
+                    now(),
+                    now(),
+                ),
+            )
         return ids
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -301,7 +352,7 @@ class Registry:
     def runs(
         self, study_id: str | None = None, *, round_: int | None = None
     ) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        sql, args = "SELECT * FROM runs WHERE 1=1", list[Any]()
         if study_id is not None:
             sql += " AND study_id = ?"
             args.append(study_id)
@@ -311,35 +362,104 @@ class Registry:
         return [_row(r) for r in self.db.execute(sql + " ORDER BY round, position", args)]
 
     def reset_interrupted(self, study_id: str) -> list[str]:
-        """Runs left in training/evaluating by a killed process go back to planned (they restart)."""
+        """Runs left in training/evaluating by a killed process go back to planned (they restart);
+        an interrupted full-set evaluation is forgotten (the planner asks for it again)."""
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT id FROM runs WHERE study_id = ? AND status IN ('training', 'evaluating')",
+                (study_id,),
+            ).fetchall()
+            db.execute(
+                "UPDATE runs SET status = 'planned', updated_at = ? WHERE study_id = ? "
+                "AND status IN ('training', 'evaluating')",
+                (now(), study_id),
+            )
+            full = db.execute(
+                "SELECT id FROM runs WHERE study_id = ? AND full_status = 'evaluating'", (study_id,)
+            ).fetchall()
+            db.execute(
+                "UPDATE runs SET full_status = NULL, updated_at = ? WHERE study_id = ? "
+                "AND full_status = 'evaluating'",
+                (now(), study_id),
+            )
+        return [r["id"] for r in rows] + [f"{r['id']} (full set)" for r in full]
+
+    # ------------------------------------------------------------------ per-question scores
+
+    def record_question_scores(
+        self, run_id: str, split: str, scores: Sequence[QuestionScore]
+    ) -> None:
+        with self.tx() as db:
+            db.execute(
+                "DELETE FROM question_scores WHERE run_id = ? AND split = ?", (run_id, split)
+            )
+            db.executemany(
+                "INSERT INTO question_scores (run_id, split, question_id, schema_ok, schema_error, "
+                "answer_f1, detailed_description_f1, original_evidence, grounding, context_recall, "
+                "eval_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        split,
+                        s.id,
+                        int(s.schema_ok),
+                        s.schema_error,
+                        s.answer_f1,
+                        s.detailed_description_f1,
+                        s.original_evidence,
+                        s.grounding,
+                        s.context_recall,
+                        s.eval_score,
+                    )
+                    for s in scores
+                ],
+            )
+
+    def question_scores(self, run_id: str, split: str = "gate") -> list[QuestionScore]:
         rows = self.db.execute(
-            "SELECT id FROM runs WHERE study_id = ? AND status IN ('training', 'evaluating')",
-            (study_id,),
-        ).fetchall()
-        for r in rows:
-            self.update_run(r["id"], status="planned")
-        return [r["id"] for r in rows]
+            "SELECT * FROM question_scores WHERE run_id = ? AND split = ? ORDER BY question_id",
+            (run_id, split),
+        )
+        return [
+            QuestionScore(
+                id=r["question_id"],
+                schema_ok=bool(r["schema_ok"]),
+                schema_error=r["schema_error"],
+                answer_f1=r["answer_f1"],
+                detailed_description_f1=r["detailed_description_f1"],
+                original_evidence=r["original_evidence"],
+                grounding=r["grounding"],
+                context_recall=r["context_recall"],
+                eval_score=r["eval_score"],
+            )
+            for r in rows
+        ]
 
     # ------------------------------------------------------------------ decisions
 
     def add_decision(self, study_id: str, decision: Mapping[str, Any]) -> None:
         with self.tx() as db:
-            last = db.execute(
-                "SELECT decision_json FROM decisions WHERE study_id = ? ORDER BY id DESC LIMIT 1",
-                (study_id,),
-            ).fetchone()
-            if last is not None and json.loads(last[0]) == dict(decision):
-                return  # a resumed search re-derives the same decision: keep one copy
-            db.execute(
-                "INSERT INTO decisions (study_id, round, action, decision_json, created_at) VALUES (?, ?, ?, ?, ?)",
-                (
-                    study_id,
-                    decision["round"],
-                    decision["action"],
-                    json.dumps(decision, ensure_ascii=False),
-                    now(),
-                ),
-            )
+            self._add_decision(db, study_id, decision)
+
+    def _add_decision(
+        self, db: sqlite3.Connection, study_id: str, decision: Mapping[str, Any]
+    ) -> None:
+        last = db.execute(
+            "SELECT decision_json FROM decisions WHERE study_id = ? ORDER BY id DESC LIMIT 1",
+            (study_id,),
+        ).fetchone()
+        if last is not None and json.loads(last[0]) == dict(decision):
+            return  # a resumed search re-derives the same decision: keep one copy
+        db.execute(
+            "INSERT INTO decisions (study_id, round, action, decision_json, created_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                study_id,
+                decision["round"],
+                decision["action"],
+                json.dumps(decision, ensure_ascii=False),
+                now(),
+            ),
+        )
 
     def decisions(self, study_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -360,8 +480,8 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def comparable(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
-    """Refuse to compare two runs evaluated under different pins."""
-    keys = ("prompt_sha256", "index_version", "eval_set_version")
+    """Refuse to compare two runs of different studies or evaluated under different pins."""
+    keys = ("study_id", "model_id", "prompt_sha256", "index_version", "eval_set_version")
     diff = [f"{k}: {a[k][:12]} vs {b[k][:12]}" for k in keys if a[k] != b[k]]
     if diff:
         raise MismatchError(f"runs {a['id']} and {b['id']} are not comparable ({'; '.join(diff)})")

@@ -15,11 +15,14 @@ from typing import Any
 from sftgate.errors import InputError, Problem
 from sftgate.fsutil import atomic_write_text
 from sftgate.params import SEED_PARAM_NAMES
+from sftgate.planner import Policy
 from sftgate.registry import PIN_KEYS, Registry
+from sftgate.tiny import TINY_MODEL_ID
 
-CPU_DEMO_NOTE = (
-    "This study ran tiny-qwen3, a random 2-layer model, on a CPU with scaled-down steps: it shows the "
-    "search's flow (rounds, decisions, registry, report) and is not expected to pass the gate."
+TINY_MODEL_NOTE = (
+    "**This study used tiny-qwen3, a random 2-layer model built in code.** It demonstrates the "
+    "search's flow (rounds, decisions, registry, report) on a CPU with scaled-down steps. A random "
+    "tiny model is not expected to pass the gate, and its numbers say nothing about Qwen3-4B."
 )
 
 
@@ -46,12 +49,11 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
         )
     runs = reg.runs(study.id)
     decisions = reg.decisions(study.id)
-    thresholds = study.config.get("policy", {}).get("thresholds", {})
-    gate_score, gate_schema = (
-        thresholds.get("gate_score", 95.0),
-        thresholds.get("gate_schema", 0.98),
-    )
+    thresholds = Policy.model_validate(study.config.get("policy", {})).thresholds
+    gate_score, gate_schema = thresholds.gate_score, thresholds.gate_schema
     blocks = [Block("h1", f"sftgate study: {study.name}")]
+    if study.pins["model_id"] == TINY_MODEL_ID:
+        blocks.append(Block("p", TINY_MODEL_NOTE))
     note = study.config.get("note")
     if note:
         blocks.append(Block("p", f"**Note.** {note}"))
@@ -71,6 +73,13 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
         lo, hi = best["eval_score_ci_low"], best["eval_score_ci_high"]
         verdict += f" Selected run: `{best['id']}`, eval_score_avg {fmt(best['eval_score_avg'], 2)} (95% CI {fmt(lo, 2)}–{fmt(hi, 2)}), schema_pass_rate {fmt(best['schema_pass_rate'])}."
     blocks.append(Block("p", verdict + f" Study status: {study.status}."))
+    for r in runs:
+        if r["full_status"] == "failed":
+            blocks.append(
+                Block(
+                    "p", f"**Full set** for `{r['id']}`: the evaluation failed: {r['full_failure']}"
+                )
+            )
     full = next((r for r in runs if r["full_metrics"]), None)
     if full is not None:
         m = full["full_metrics"]
@@ -93,10 +102,29 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
             (
                 ["input", "value"],
                 [[k, f"`{study.pins[k]}`"] for k in PIN_KEYS]
+                + [[k, f"`{v}`"] for k, v in sorted(study.pins.items()) if k not in PIN_KEYS]
                 + [["created", study.created_at], ["config", f"`{study.config_path}`"]],
             ),
         )
     )
+    first = next((r for r in runs if r["train_meta"]), None)
+    if first is not None:
+        prov = first["train_meta"].get("provenance", {})
+        git = prov.get("git", {})
+        libs = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
+        blocks.append(Block("h2", "Provenance"))
+        blocks.append(
+            Block(
+                "list",
+                [
+                    f"sftgate commit `{git.get('commit')}`"
+                    + (" (with uncommitted changes)" if git.get("dirty") else ""),
+                    f"device: {prov.get('device')}; Python {prov.get('python')}",
+                    f"libraries: {libs}",
+                    "every run row in the registry carries its own provenance (`sftgate show RUN`)",
+                ],
+            )
+        )
 
     header = [
         "run",

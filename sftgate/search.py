@@ -1,27 +1,37 @@
 """`sftgate search`: the seed's strategy run end to end, resumable, every step in the registry.
 
-The driver loop: pin the inputs (refusing a study whose inputs changed), restart interrupted runs,
-execute planned runs, ask the planner, record its decision, and repeat until it says stop. Only
-the driver writes the registry; `execute_run` does the work of one run and returns its outcome.
+The driver reads top to bottom: pin the inputs and refuse a study whose inputs changed, build the
+index and the contexts files, put interrupted runs back to planned, then loop: execute the planned
+runs, ask the planner, record its decision (with the next round's runs, in one transaction), until
+it says stop; then write the report.
+
+Only the driver writes the registry. `execute_run(spec) -> RunOutcome` does the work of one run
+(train + gate evaluation, or a full-set evaluation) from plain data and never raises for a failed
+run, so another executor can run specs elsewhere and hand the outcomes back.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from rich.console import Console
+from rich import get_console
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
 
 from sftgate.config import StrictModel, load_config
 from sftgate.contexts import load_contexts, write_contexts
-from sftgate.errors import InputError, Problem
+from sftgate.errors import InputError, Problem, SftgateError
 from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
+from sftgate.fsutil import atomic_write_text
+from sftgate.hashing import sha256_file, sha256_json
 from sftgate.index import (
     IndexSettings,
     build_index,
@@ -32,13 +42,19 @@ from sftgate.index import (
 )
 from sftgate.models import Quantization
 from sftgate.params import TrainParams
-from sftgate.planner import History, Policy, RoundRecord, RunRecord, plan_next
-from sftgate.prompt import DEFAULT_PROMPT, load_prompt
+from sftgate.paths import data_dir
+from sftgate.planner import Decision, History, Policy, RoundRecord, RunRecord, plan_next
+from sftgate.prompt import load_prompt
 from sftgate.questions import QuestionSet, load_questions
 from sftgate.registry import Registry, Study
+from sftgate.scoring import QuestionScore, read_per_question
+from sftgate.tiny import TINY_MODEL_ID
 from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
 
-console = Console(highlight=False)
+# The global console: train's and evaluate's progress bars nest in the live view through it.
+console = get_console()
+
+# ---------------------------------------------------------------------- the study config
 
 
 class RetrievalConfig(StrictModel):
@@ -48,6 +64,8 @@ class RetrievalConfig(StrictModel):
 
 
 class ContextFiles(StrictModel):
+    """Pre-retrieved contexts (`sftgate index retrieve` or your own), one file per question set."""
+
     train: str
     gate: str
     full: str
@@ -55,33 +73,45 @@ class ContextFiles(StrictModel):
 
 class StudyConfig(StrictModel):
     kind: Literal["study"] = "study"
-    name: str = Field(description="the study's name in the registry; a new name starts a new study")
+    name: str = Field(
+        min_length=1,
+        description="the study's name in the registry; rerunning with the same name resumes it, "
+        "a new name starts a new study",
+    )
     model: str = Field(
         "Qwen/Qwen3-4B", description="hub id, local folder, .gguf file, or tiny-qwen3"
     )
     quantization: Quantization = Field(
         "auto", description="auto: QLoRA (4-bit NF4) on CUDA, LoRA on CPU"
     )
-    prompt: str = DEFAULT_PROMPT
+    prompt: str = Field(description="the prompt template file (pinned by its sha256)")
     train_questions: str = Field(description="training set (the seed's docs/question_v1.json)")
     gate_questions: str = Field(description="gate set (docs/eval_sets/question_v2_dev100.json)")
     full_questions: str = Field(
         description="full set (docs/question_v2.json), evaluated only for a gate-passing run"
     )
     retrieval: RetrievalConfig | None = Field(
-        None, description="build an index from a corpus and retrieve passages"
+        None, description="build an index from a corpus and retrieve passages for the three sets"
     )
     contexts: ContextFiles | None = Field(
         None, description="or bring contexts files for the three sets"
     )
-    workdir: str = Field(description="adapters, predictions, contexts and the report go here")
+    workdir: str | None = Field(
+        None,
+        description="adapters, predictions, contexts and the report; default "
+        "$SFTGATE_HOME/studies/NAME",
+    )
     registry: str | None = Field(
         None, description="SQLite file; default $SFTGATE_HOME/registry.sqlite"
     )
-    gradient_checkpointing: bool | None = None
+    gradient_checkpointing: bool | None = Field(
+        None, description="None: on for 4-bit CUDA training (saves memory, costs ~40% speed)"
+    )
     policy: Policy = Field(default_factory=Policy)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
-    executor: Literal["local"] = "local"
+    executor: Literal["local"] = Field(
+        "local", description="local: the round's configs one after another in this process"
+    )
     note: str | None = Field(None, description="shown at the top of the report")
 
     @model_validator(mode="after")
@@ -90,39 +120,43 @@ class StudyConfig(StrictModel):
             raise ValueError("give either retrieval or contexts, not both")
         return self
 
+    @property
+    def work(self) -> Path:
+        return Path(self.workdir) if self.workdir else data_dir() / "studies" / self.name
 
-@dataclass(frozen=True)
-class Inputs:
-    """The study's resolved inputs and their pins."""
-
-    prompt_path: Path
-    sets: dict[str, QuestionSet]  # train, gate, full
-    contexts: dict[str, Path | None]
-    pins: dict[str, str]
+    def settings_pins(self) -> dict[str, str]:
+        """Hashes of the settings that change results (not names, paths or notes): a study
+        resumed with other settings would mix runs that are not comparable."""
+        sections: dict[str, Any] = {
+            "policy": self.policy.model_dump(mode="json"),
+            "decode": self.decode.model_dump(mode="json"),
+            "training": {
+                "quantization": self.quantization,
+                "gradient_checkpointing": self.gradient_checkpointing,
+            },
+        }
+        if self.retrieval is not None:
+            sections["retrieval"] = {
+                "top_k": self.retrieval.top_k,
+                "settings": self.retrieval.settings.model_dump(mode="json"),
+            }
+        return {f"settings.{k}": sha256_json(v) for k, v in sections.items()}
 
 
 def resolve(config: StudyConfig, base: Path) -> StudyConfig:
     """Relative paths in a study config are relative to the config file's folder."""
 
-    def p(value: str | None) -> str | None:
-        return (
-            None
-            if value is None
-            else str((base / value) if not Path(value).is_absolute() else Path(value))
-        )
+    def p(value: str) -> str:
+        return value if Path(value).is_absolute() else str(base / value)
 
     update: dict[str, Any] = {
         k: p(getattr(config, k))
-        for k in (
-            "prompt",
-            "train_questions",
-            "gate_questions",
-            "full_questions",
-            "workdir",
-            "registry",
-        )
+        for k in ("prompt", "train_questions", "gate_questions", "full_questions")
     }
-    if config.model != "tiny-qwen3" and (base / config.model).exists():
+    for k in ("workdir", "registry"):
+        if getattr(config, k) is not None:
+            update[k] = p(getattr(config, k))
+    if config.model != TINY_MODEL_ID and (base / config.model).exists():
         update["model"] = p(config.model)
     if config.retrieval:
         update["retrieval"] = config.retrieval.model_copy(
@@ -130,15 +164,98 @@ def resolve(config: StudyConfig, base: Path) -> StudyConfig:
         )
     if config.contexts:
         update["contexts"] = ContextFiles(
-            train=p(config.contexts.train) or "",
-            gate=p(config.contexts.gate) or "",
-            full=p(config.contexts.full) or "",
+            train=p(config.contexts.train),
+            gate=p(config.contexts.gate),
+            full=p(config.contexts.full),
         )
     return config.model_copy(update=update)
 
 
-def load_study_config(path: str | Path) -> StudyConfig:
-    return resolve(load_config(StudyConfig, path), Path(path).resolve().parent)
+def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    return resolve(load_config(StudyConfig, path, overrides), Path(path).resolve().parent)
+
+
+# ---------------------------------------------------------------------- pinned inputs
+
+SPLITS = ("train", "gate", "full")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The study's resolved inputs and their pins."""
+
+    sets: dict[str, QuestionSet]  # train, gate, full
+    contexts: dict[str, Path | None]  # None: the items carry their passages
+    pins: dict[str, str]
+
+
+def _index_version(r: RetrievalConfig) -> str:
+    """The index_version the corpus and settings give, computed without writing anything."""
+    fingerprint = None
+    if r.settings.retriever != "bm25":
+        from sftgate.index import dense
+
+        assert r.settings.embedding_model is not None
+        fingerprint = dense.model_fingerprint(dense.load_model(r.settings.embedding_model))
+    return compute_index_version(read_corpus(r.corpus), r.settings, fingerprint)
+
+
+def pin_inputs(config: StudyConfig) -> Inputs:
+    """Load and hash every pinned input. Reads only: nothing is built or written here, so a
+    study whose inputs changed is refused before its files are touched."""
+    template = load_prompt(config.prompt)
+    sets = {
+        "train": load_questions(config.train_questions),
+        "gate": load_questions(config.gate_questions),
+        "full": load_questions(config.full_questions),
+    }
+    contexts: dict[str, Path | None] = dict.fromkeys(SPLITS)
+    extra: dict[str, str] = {}
+    if config.retrieval is not None:
+        index_version = _index_version(config.retrieval)
+        contexts = {s: config.work / f"contexts_{s}.jsonl" for s in SPLITS}
+    elif config.contexts is not None:
+        files = {s: Path(getattr(config.contexts, s)) for s in SPLITS}
+        versions = {load_contexts(f).index_version for f in files.values()}
+        if len(versions) != 1:
+            raise InputError(
+                Problem(
+                    config.contexts.train,
+                    "",
+                    "index_version",
+                    f"the three contexts files come from different indexes ({', '.join(sorted(versions))})",
+                    "retrieve all three from one index",
+                )
+            )
+        index_version = versions.pop()
+        contexts = dict(files)
+        extra = {f"contexts_{s}_sha256": sha256_file(f) for s, f in files.items()}
+    else:
+        declared = {qs.index_version for qs in sets.values()}
+        if None in declared or len(declared) != 1:
+            raise InputError(
+                Problem(
+                    config.train_questions,
+                    "",
+                    "retrieval",
+                    "no retrieval, no contexts files, and the question sets do not all carry "
+                    "contexts from one index",
+                    "add `retrieval:` or `contexts:` to the study config",
+                )
+            )
+        index_version = str(declared.pop())
+    pins = {
+        "model_id": config.model,
+        "prompt_version": template.version,
+        "prompt_sha256": template.sha256,
+        "index_version": index_version,
+        "train_set_version": sets["train"].version,
+        "gate_set_version": sets["gate"].version,
+        "full_set_version": sets["full"].version,
+        **extra,
+        **config.settings_pins(),
+    }
+    return Inputs(sets, contexts, pins)
 
 
 def contexts_current(path: Path, index_version: str, eval_set_version: str, top_k: int) -> bool:
@@ -153,88 +270,68 @@ def contexts_current(path: Path, index_version: str, eval_set_version: str, top_
     )
 
 
-def prepare_inputs(config: StudyConfig) -> Inputs:
-    """Load and hash every pinned input; build the index and the contexts files where needed."""
-    template = load_prompt(config.prompt)
-    sets = {
-        "train": load_questions(config.train_questions),
-        "gate": load_questions(config.gate_questions),
-        "full": load_questions(config.full_questions),
-    }
-    work = Path(config.workdir)
-    contexts: dict[str, Path | None] = dict.fromkeys(sets)
-    if config.retrieval is not None:
-        r = config.retrieval
-        index_dir = work / "index"
-        index_version = (
-            compute_index_version(read_corpus(r.corpus), r.settings)
-            if r.settings.retriever == "bm25"
-            else None
-        )
-        if not (index_dir / "manifest.json").exists() or (
-            index_version and load_index(index_dir).version != index_version
-        ):
-            console.print(f"building the index of {r.corpus}")
-            build_index(r.corpus, index_dir, r.settings)
-        index_version = load_index(index_dir).version
-        for name, qs in sets.items():
-            path = work / f"contexts_{name}.jsonl"
-            if not contexts_current(path, index_version, qs.version, r.top_k):
-                write_contexts(path, *retrieve_contexts(index_dir, qs, r.top_k))
-            contexts[name] = path
-    elif config.contexts is not None:
-        files = {
-            "train": config.contexts.train,
-            "gate": config.contexts.gate,
-            "full": config.contexts.full,
-        }
-        versions = {load_contexts(f).index_version for f in files.values()}
-        if len(versions) != 1:
-            raise InputError(
-                Problem(
-                    config.contexts.train,
-                    "",
-                    "index_version",
-                    f"the three contexts files come from different indexes ({', '.join(sorted(versions))})",
-                    "retrieve all three from one index",
-                )
-            )
-        index_version = versions.pop()
-        contexts = {k: Path(v) for k, v in files.items()}
-    else:
-        declared = {qs.index_version for qs in sets.values()}
-        if None in declared or len(declared) != 1:
-            raise InputError(
-                Problem(
-                    config.train_questions,
-                    "",
-                    "retrieval",
-                    "no retrieval, no contexts files, and the question sets do not all carry contexts from one index",
-                    "add `retrieval:` or `contexts:` to the study config",
-                )
-            )
-        index_version = str(declared.pop())
-    pins = {
-        "model_id": config.model
-        if config.model == "tiny-qwen3" or not Path(config.model).exists()
-        else str(Path(config.model).resolve()),
-        "prompt_version": template.version,
-        "prompt_sha256": template.sha256,
-        "index_version": index_version,
-        "train_set_version": sets["train"].version,
-        "gate_set_version": sets["gate"].version,
-        "full_set_version": sets["full"].version,
-    }
-    return Inputs(Path(config.prompt), sets, contexts, pins)
+def prepare_contexts(config: StudyConfig, inputs: Inputs) -> None:
+    """Build the index (when missing or stale) and retrieve the contexts files of the three sets."""
+    r = config.retrieval
+    if r is None:
+        return
+    index_dir = config.work / "index"
+    wanted = inputs.pins["index_version"]
+    if not (index_dir / "manifest.json").exists() or load_index(index_dir).version != wanted:
+        console.print(f"building the index of {r.corpus}")
+        build_index(r.corpus, index_dir, r.settings)
+    built = load_index(index_dir).version
+    if built != wanted:  # the corpus changed between pinning and building
+        raise SftgateError(f"the index built from {r.corpus} is {built[:12]}, not {wanted[:12]}")
+    for split, qs in inputs.sets.items():
+        path = inputs.contexts[split]
+        assert path is not None
+        if not contexts_current(path, built, qs.version, r.top_k):
+            write_contexts(path, *retrieve_contexts(index_dir, qs, r.top_k))
 
 
 # ---------------------------------------------------------------------- one run
 
 
 @dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, as plain values (picklable; the paths must be reachable where it
+    runs). split "gate": train (unless the adapter is complete) and evaluate on the gate set;
+    split "full": evaluate the finished adapter on the full set."""
+
+    run_id: str
+    split: Literal["gate", "full"]
+    params: dict[str, Any]
+    model: str
+    quantization: Quantization
+    gradient_checkpointing: bool | None
+    prompt: str
+    train_questions: str
+    train_contexts: str | None
+    eval_questions: str
+    eval_contexts: str | None
+    run_dir: str
+    decode: dict[str, Any]
+    # What an adapter found on disk must have been trained with, to be reused by a restart.
+    expected: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.run_dir) / "adapter"
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.run_dir) / self.split
+
+
+@dataclass(frozen=True)
 class RunOutcome:
+    run_id: str
+    split: Literal["gate", "full"]
     status: Literal["done", "failed"]
     metrics: dict[str, Any] | None = None
+    question_scores: list[QuestionScore] | None = None
     train_meta: dict[str, Any] | None = None
     eval_meta: dict[str, Any] | None = None
     failure: str | None = None
@@ -242,187 +339,368 @@ class RunOutcome:
     eval_s: float | None = None
 
 
-def run_dir(config: StudyConfig, run_id: str) -> Path:
-    return Path(config.workdir) / "runs" / run_id
+def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
+    wanted = {**spec.expected, "train_params": spec.params}
+    return [k for k, v in wanted.items() if meta.get(k) != v]
 
 
-def train_config(
-    config: StudyConfig, inputs: Inputs, run_id: str, params: dict[str, Any]
-) -> TrainConfig:
-    return TrainConfig(
-        model=config.model,
-        quantization=config.quantization,
-        questions=config.train_questions,
-        contexts=str(inputs.contexts["train"]) if inputs.contexts["train"] else None,
-        prompt=config.prompt,
-        out=str(run_dir(config, run_id) / "adapter"),
-        gradient_checkpointing=config.gradient_checkpointing,
-        params=TrainParams(**params),
-    )
-
-
-def eval_config(
-    config: StudyConfig, inputs: Inputs, adapter: Path, out: Path, which: str
-) -> EvalConfig:
-    return EvalConfig(
-        model=config.model,
-        adapter=str(adapter),
-        quantization=config.quantization,
-        questions=config.gate_questions if which == "gate" else config.full_questions,
-        contexts=str(inputs.contexts[which]) if inputs.contexts[which] else None,
-        prompt=config.prompt,
-        out=str(out),
-        decode=config.decode,
-    )
-
-
-def execute_run(
-    config: StudyConfig, inputs: Inputs, run_id: str, params: dict[str, Any], on_stage: Any = None
-) -> RunOutcome:
-    """Train one config (unless its adapter is already complete) and evaluate it on the gate set.
-
-    Any error, out-of-memory and NaN loss included, becomes a failed outcome with its reason.
-    """
-    adapter = run_dir(config, run_id) / "adapter"
+def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) -> RunOutcome:
+    """Do one run and return its outcome; any error (out of memory, NaN loss, a crash) is a
+    failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
+    A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
+    its last finished batch."""
     train_s = eval_s = None
+    train_meta = None
     try:
-        if (adapter / METADATA_FILE).exists():
-            train_meta = read_adapter_metadata(adapter)
+        if (spec.adapter_dir / METADATA_FILE).exists():
+            train_meta = read_adapter_metadata(spec.adapter_dir)
+            wrong = adapter_mismatches(train_meta, spec)
+            if wrong:
+                raise SftgateError(
+                    f"{spec.adapter_dir} holds an adapter trained with other {', '.join(wrong)}; "
+                    "delete it to train this run again"
+                )
+        elif spec.split == "full":
+            raise SftgateError(f"no finished adapter at {spec.adapter_dir} to evaluate")
         else:
-            for stale in adapter.parent.glob("adapter.partial-*"):
-                shutil.rmtree(stale, ignore_errors=True)
             if on_stage:
                 on_stage("training")
             t0 = time.perf_counter()
-            train_meta = train(train_config(config, inputs, run_id, params)).metadata
+            config = TrainConfig(
+                model=spec.model,
+                quantization=spec.quantization,
+                questions=spec.train_questions,
+                contexts=spec.train_contexts,
+                prompt=spec.prompt,
+                out=str(spec.adapter_dir),
+                gradient_checkpointing=spec.gradient_checkpointing,
+                params=TrainParams.model_validate(spec.params),
+            )
+            train_meta = train(config, progress=spec.progress).metadata
             train_s = time.perf_counter() - t0
         if on_stage:
             on_stage("evaluating")
         t0 = time.perf_counter()
         result = evaluate(
-            eval_config(config, inputs, adapter, run_dir(config, run_id) / "gate", "gate")
+            EvalConfig(
+                model=spec.model,
+                adapter=str(spec.adapter_dir),
+                quantization=spec.quantization,
+                questions=spec.eval_questions,
+                contexts=spec.eval_contexts,
+                prompt=spec.prompt,
+                out=str(spec.eval_dir),
+                decode=DecodeSettings.model_validate(spec.decode),
+            ),
+            progress=spec.progress,
         )
         eval_s = time.perf_counter() - t0
-        return RunOutcome("done", result.metrics, train_meta, result.meta, None, train_s, eval_s)
-    except Exception as e:  # noqa: BLE001 - any failure of one run is recorded and the round goes on
+        return RunOutcome(
+            spec.run_id,
+            spec.split,
+            "done",
+            metrics=result.metrics,
+            question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
+            train_meta=train_meta,
+            eval_meta=result.meta,
+            train_s=train_s,
+            eval_s=eval_s,
+        )
+    except Exception as e:  # noqa: BLE001 - one run's failure is recorded; the round goes on
         reason = f"{type(e).__name__}: {e}".strip()
-        console.print(f"[red]run {run_id} failed:[/red] {reason}")
-        console.print(traceback.format_exc(limit=3), markup=False)
-        return RunOutcome("failed", failure=reason[:2000], train_s=train_s, eval_s=eval_s)
-
-
-# ---------------------------------------------------------------------- the driver
-
-
-def history(reg: Registry, study: Study) -> History:
-    rounds: dict[int, list[RunRecord]] = {}
-    full = None
-    for r in reg.runs(study.id):
-        if r["status"] not in ("done", "failed"):
-            continue
-        per_q = None
-        if (
-            r["status"] == "done"
-            and r["gate_dir"]
-            and (Path(r["gate_dir"]) / "per_question.jsonl").exists()
-        ):
-            with open(Path(r["gate_dir"]) / "per_question.jsonl", encoding="utf-8") as f:
-                per_q = {row["id"]: row["eval_score"] for row in map(json.loads, f)}
-        metrics = r["metrics"] or {}
-        rounds.setdefault(r["round"], []).append(
-            RunRecord(
-                run_id=r["id"],
-                params=r["params"],
-                status=r["status"],
-                metrics=metrics,
-                per_question=per_q,
-                failure=r["failure"],
-            )
+        Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(spec.run_dir) / f"failure-{spec.split}.txt", traceback.format_exc())
+        return RunOutcome(
+            spec.run_id,
+            spec.split,
+            "failed",
+            train_meta=train_meta,
+            failure=reason[:2000],
+            train_s=train_s,
+            eval_s=eval_s,
         )
-        if r["full_metrics"] is not None:
-            full = r["id"]
-    return History(
-        rounds=[RoundRecord(round=k, runs=v) for k, v in sorted(rounds.items())], full_eval_run=full
+
+
+def run_spec(
+    config: StudyConfig,
+    inputs: Inputs,
+    run: dict[str, Any],
+    split: Literal["gate", "full"],
+    progress: bool,
+) -> RunSpec:
+    def ctx(s: str) -> str | None:
+        path = inputs.contexts[s]
+        return str(path) if path else None
+
+    # The planner varies the seed's parameters; the others (seed, warm-up, ...) are round 0's.
+    params = {**config.policy.round0.model_dump(mode="json"), **run["params"]}
+    return RunSpec(
+        run_id=run["id"],
+        split=split,
+        params=TrainParams.model_validate(params).model_dump(mode="json"),
+        model=config.model,
+        quantization=config.quantization,
+        gradient_checkpointing=config.gradient_checkpointing,
+        prompt=config.prompt,
+        train_questions=config.train_questions,
+        train_contexts=ctx("train"),
+        eval_questions=config.gate_questions if split == "gate" else config.full_questions,
+        eval_contexts=ctx(split),
+        run_dir=str(config.work / "runs" / run["id"]),
+        decode=config.decode.model_dump(mode="json"),
+        expected={
+            k: inputs.pins[k]
+            for k in ("model_id", "prompt_sha256", "index_version", "train_set_version")
+        },
+        progress=progress,
     )
 
 
-def search(config_path: str | Path, *, max_decisions: int = 50) -> Study:
-    from sftgate.report import write_report
+# ---------------------------------------------------------------------- the driver's registry writes
 
-    config = load_study_config(config_path)
-    inputs = prepare_inputs(config)
-    reg = Registry(config.registry)
-    study, created = reg.open_study(
-        config.name, inputs.pins, str(config_path), config.model_dump(mode="json")
-    )
-    console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · registry {reg.path}")
-    restarted = reg.reset_interrupted(study.id)
-    if restarted:
-        console.print(f"restarting interrupted runs: {', '.join(restarted)}")
-    durations: list[float] = [
-        r["train_s"] + r["eval_s"] for r in reg.runs(study.id) if r["train_s"] and r["eval_s"]
-    ]
-    for _ in range(max_decisions):
-        planned = [r for r in reg.runs(study.id) if r["status"] == "planned"]
-        for n, r in enumerate(planned, 1):
-            eta = (
-                f", about {sum(durations) / len(durations) * (len(planned) - n + 1) / 60:.1f} min left in this round"
-                if durations
-                else ""
-            )
-            console.rule(f"round {r['round']} · run {r['id']} ({n}/{len(planned)}){eta}")
-            console.print(f"{r['reason']}\nparams: {r['params']}")
-            outcome = execute_run(
-                config,
-                inputs,
-                r["id"],
-                r["params"],
-                on_stage=lambda stage, rid=r["id"]: reg.update_run(rid, status=stage),
-            )
-            record_outcome(reg, config, r["id"], outcome)
-            if outcome.train_s and outcome.eval_s:
-                durations.append(outcome.train_s + outcome.eval_s)
-        decision = plan_next(history(reg, study), config.policy)
-        reg.add_decision(study.id, decision.model_dump(mode="json"))
-        console.print(
-            f"[bold]planner:[/bold] {decision.action} (round {decision.round}): {decision.reason}"
+
+def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
+    if spec.split == "full":
+        if outcome.status == "failed":
+            reg.update_run(spec.run_id, full_status="failed", full_failure=outcome.failure)
+            return
+        assert outcome.metrics is not None and outcome.question_scores is not None
+        reg.record_question_scores(spec.run_id, "full", outcome.question_scores)
+        reg.update_run(
+            spec.run_id,
+            full_status="done",
+            full_dir=str(spec.eval_dir),
+            full_metrics_json=outcome.metrics,
+            full_eval_set_version=outcome.metrics["eval_set_version"],
+            full_eval_s=outcome.eval_s,
+            full_failure=None,
         )
-        if decision.action == "train":
-            reg.add_round(study, decision.round, [(c.params, c.reason) for c in decision.configs])
-        elif decision.action == "full_eval":
-            assert decision.selected_run is not None
-            full_eval(reg, config, inputs, decision.selected_run)
-        else:
-            reg.set_study_status(study.id, "finished")
-            break
-    path = write_report(reg, study.name, Path(config.workdir) / "report.md")
-    console.print(f"report: {path}")
-    return study
-
-
-def record_outcome(reg: Registry, config: StudyConfig, run_id: str, outcome: RunOutcome) -> None:
-    common = {"train_s": outcome.train_s, "eval_s": outcome.eval_s}
-    if outcome.status == "failed":
-        reg.update_run(run_id, status="failed", failure=outcome.failure, **common)
         return
-    assert outcome.metrics is not None and outcome.train_meta is not None
-    d = run_dir(config, run_id)
+    common: dict[str, Any] = {"train_s": outcome.train_s, "eval_s": outcome.eval_s}
+    if outcome.train_meta is not None:
+        common |= {
+            "adapter_id": outcome.train_meta["adapter_id"],
+            "adapter_path": str(spec.adapter_dir),
+            "train_meta_json": outcome.train_meta,
+        }
+    if outcome.status == "failed":
+        reg.update_run(spec.run_id, status="failed", failure=outcome.failure, **common)
+        return
+    assert outcome.metrics is not None and outcome.question_scores is not None
+    if outcome.train_s is None:  # a restart that reused the adapter: keep the first timing
+        common.pop("train_s")
+    reg.record_question_scores(spec.run_id, "gate", outcome.question_scores)
     reg.record_metrics(
-        run_id,
+        spec.run_id,
         outcome.metrics,
         status="done",
-        adapter_id=outcome.train_meta["adapter_id"],
-        adapter_path=str(d / "adapter"),
-        gate_dir=str(d / "gate"),
-        train_meta_json=outcome.train_meta,
+        gate_dir=str(spec.eval_dir),
         eval_meta_json=outcome.eval_meta,
         failure=None,
         **common,
     )
 
 
-def full_eval(reg: Registry, config: StudyConfig, inputs: Inputs, run_id: str) -> None:
-    console.rule(f"full-set evaluation of {run_id}")
-    d = run_dir(config, run_id)
-    result = evaluate(eval_config(config, inputs, d / "adapter", d / "full", "full"))
-    reg.update_run(run_id, full_dir=str(d / "full"), full_metrics_json=result.metrics)
+def history(reg: Registry, study: Study) -> History:
+    """The planner's view of the study, from the registry alone."""
+    rounds: dict[int, list[RunRecord]] = {}
+    full_done, full_failed = None, {}
+    for r in reg.runs(study.id):
+        if r["status"] not in ("done", "failed"):
+            continue
+        scores = reg.question_scores(r["id"], "gate") if r["status"] == "done" else []
+        rounds.setdefault(r["round"], []).append(
+            RunRecord(
+                run_id=r["id"],
+                params=r["params"],
+                status=r["status"],
+                metrics=r["metrics"] or {},
+                per_question={s.id: s.eval_score for s in scores} or None,
+                failure=r["failure"],
+            )
+        )
+        if r["full_status"] == "done":
+            full_done = r["id"]
+        elif r["full_status"] == "failed":
+            full_failed[r["id"]] = r["full_failure"] or "unknown"
+    return History(
+        rounds=[RoundRecord(round=k, runs=v) for k, v in sorted(rounds.items())],
+        full_eval_run=full_done,
+        full_eval_failures=full_failed,
+    )
+
+
+# ---------------------------------------------------------------------- the live view
+
+
+class LiveView:
+    """Round, run, stage and ETA above the stage's own progress bar (train steps, eval questions)."""
+
+    def __init__(self, study: str, seconds_per_run: list[float], enabled: bool):
+        self.study = study
+        self.seconds_per_run = seconds_per_run
+        self.enabled = enabled
+        self.round = "-"
+        self.run = "-"
+        self.stage = "starting"
+        self.remaining = 0
+        self.stage_started = self.run_started = time.monotonic()
+
+    def set_run(self, round_: int | str, run: str, remaining: int) -> None:
+        self.round, self.run, self.remaining = str(round_), run, remaining
+        self.run_started = time.monotonic()
+
+    def set_stage(self, stage: str) -> None:
+        self.stage, self.stage_started = stage, time.monotonic()
+
+    def eta(self) -> str:
+        if not self.seconds_per_run or not self.remaining:
+            return "after the first run"
+        mean = sum(self.seconds_per_run) / len(self.seconds_per_run)
+        left = max(0.0, mean * self.remaining - (time.monotonic() - self.run_started))
+        return f"~{left / 60:.1f} min for this round's {self.remaining} run(s) left"
+
+    def render(self) -> RenderableType:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        elapsed = time.monotonic() - self.stage_started
+        grid.add_row("study", self.study)
+        grid.add_row("round", self.round)
+        grid.add_row("run", self.run)
+        grid.add_row("stage", f"{self.stage} ({elapsed:.0f} s)")
+        grid.add_row("ETA", self.eta())
+        return Group(grid)
+
+    def log(self, message: str) -> None:
+        console.print(message)
+
+    @contextmanager
+    def shown(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with Live(
+            console=console, get_renderable=self.render, refresh_per_second=2, transient=True
+        ):
+            yield
+
+
+# ---------------------------------------------------------------------- the driver
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study: Study
+    decision: Decision
+    report: Path
+    registry: Path
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and deprecation notes would scroll the live view away."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def search(
+    config_path: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    max_steps_of_the_loop: int = 100,
+) -> SearchResult:
+    from sftgate.report import write_report
+
+    config = load_study_config(config_path, overrides)
+    inputs = pin_inputs(config)
+    reg = Registry(config.registry)
+    try:
+        study, created = reg.open_study(
+            config.name, inputs.pins, str(config_path), config.model_dump(mode="json")
+        )
+        prepare_contexts(config, inputs)
+        if progress:
+            _quiet_libraries()
+        console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")
+        restarted = reg.reset_interrupted(study.id)
+        if restarted:
+            console.print(f"restarting interrupted work: {', '.join(restarted)}")
+        durations = [
+            r["train_s"] + r["eval_s"] for r in reg.runs(study.id) if r["train_s"] and r["eval_s"]
+        ]
+        view = LiveView(study.name, durations, progress)
+        decision: Decision | None = None
+        with view.shown():
+            for _ in range(max_steps_of_the_loop):
+                planned = [r for r in reg.runs(study.id) if r["status"] == "planned"]
+                for n, r in enumerate(planned):
+                    view.set_run(
+                        r["round"], f"{r['id']} ({n + 1} of {len(planned)})", len(planned) - n
+                    )
+                    view.log(f"[bold]round {r['round']}[/bold] · {r['id']}: {r['reason']}")
+                    spec = run_spec(config, inputs, r, "gate", progress)
+
+                    def on_stage(stage: str, run_id: str = r["id"]) -> None:
+                        view.set_stage(stage)
+                        reg.update_run(run_id, status=stage)
+
+                    outcome = execute_run(spec, on_stage)
+                    record_outcome(reg, spec, outcome)
+                    if outcome.status == "failed":
+                        view.log(f"[red]{r['id']} failed:[/red] {outcome.failure}")
+                    else:
+                        assert outcome.metrics is not None
+                        m = outcome.metrics
+                        view.log(
+                            f"{r['id']}: eval_score_avg {m['eval_score_avg']:.2f}, "
+                            f"schema_pass_rate {m['schema_pass_rate']:.3f}, "
+                            f"grounding_avg {m['grounding_avg']:.3f}"
+                        )
+                    if outcome.train_s and outcome.eval_s:
+                        durations.append(outcome.train_s + outcome.eval_s)
+                view.set_stage("planning")
+                decision = plan_next(history(reg, study), config.policy)
+                configs = (
+                    [(c.params, c.reason) for c in decision.configs]
+                    if decision.action == "train"
+                    else None
+                )
+                reg.record_decision(study, decision.model_dump(mode="json"), configs)
+                view.log(
+                    f"[bold]planner:[/bold] {decision.action} (round {decision.round}): {decision.reason}"
+                )
+                if decision.action == "train":
+                    if not configs:
+                        raise SftgateError(
+                            f"the planner proposed round {decision.round} with no config"
+                        )
+                    continue
+                if decision.action == "full_eval":
+                    assert decision.selected_run is not None
+                    run = reg.run(decision.selected_run)
+                    assert run is not None
+                    view.set_run(decision.round, f"{run['id']} on the full set", 1)
+                    view.set_stage("evaluating (full set)")
+                    reg.update_run(run["id"], full_status="evaluating")
+                    spec = run_spec(config, inputs, run, "full", progress)
+                    outcome = execute_run(spec)
+                    record_outcome(reg, spec, outcome)
+                    continue
+                reg.set_study_status(study.id, "finished")
+                break
+            else:
+                raise SftgateError(
+                    f"the search loop did not finish in {max_steps_of_the_loop} steps"
+                )
+        assert decision is not None
+        report = write_report(reg, study.name, config.work / "report.md")
+        write_report(reg, study.name, config.work / "report.html", "html")
+        study = reg.study(study.name) or study
+        return SearchResult(study, decision, report, reg.path)
+    finally:
+        reg.close()

@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sftgate.errors import InputError, Problem
+from sftgate.paths import data_dir
 from sftgate.registry import Registry, comparable
 from sftgate.report import write_report
-from sftgate.scoring import paired_comparison, read_per_question
-from sftgate.search import load_study_config, search
+from sftgate.scoring import paired_comparison
+from sftgate.search import search
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "examples" / "sample" / "study_cpu.yaml"
@@ -25,8 +26,15 @@ def registry(args: argparse.Namespace) -> Registry:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    search(args.config)
+    result = search(args.config)
+    print_result(result.decision.action, result.decision.reason, result.report, result.registry)
     return 0
+
+
+def print_result(action: str, reason: str, report: Path, registry_path: Path) -> None:
+    console = Console()
+    console.print(f"[bold]{action}[/bold]: {reason}")
+    console.print(f"report: {report} (and .html)\nregistry: {registry_path}")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -40,16 +48,19 @@ def run_demo(args: argparse.Namespace) -> int:
                 "run the demo from a clone of the sftgate repository",
             )
         )
-    config = load_study_config(DEMO_CONFIG)
+    # The demo keeps its registry and files apart from the user's studies, under $SFTGATE_HOME/demo.
+    home = data_dir() / "demo"
     if args.fresh:
-        shutil.rmtree(config.workdir, ignore_errors=True)
-        if config.registry:
-            Path(config.registry).unlink(missing_ok=True)
-    search(DEMO_CONFIG)
+        shutil.rmtree(home, ignore_errors=True)
+    result = search(
+        DEMO_CONFIG,
+        overrides={"registry": str(home / "registry.sqlite"), "workdir": str(home / "study")},
+    )
+    print_result(result.decision.action, result.decision.reason, result.report, result.registry)
     Console().print(
-        f"\nDemo done. Report: {Path(config.workdir) / 'report.md'}\n"
-        "Run `sftgate demo` again: the study resumes and redoes nothing. "
-        "On a GPU, `sftgate search --config examples/sample/study.yaml` runs the same search with Qwen/Qwen3-4B."
+        "\nThe demo ran tiny-qwen3, a random model: it shows the flow and is not expected to pass "
+        "the gate. Run `sftgate demo` again and the finished study is not redone (`--fresh` starts "
+        "over). On a GPU: `sftgate search --config examples/sample/study.yaml` (Qwen/Qwen3-4B)."
     )
     return 0
 
@@ -57,11 +68,10 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     reg = registry(args)
     study = reg.study(args.study)
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(study.config["workdir"] if study else ".") / f"report.{args.format}"
-    )
+    workdir = study.config.get("workdir") if study else None
+    if study and not workdir:
+        workdir = str(data_dir() / "studies" / study.name)
+    out = Path(args.out) if args.out else Path(workdir or ".") / f"report.{args.format}"
     path = write_report(reg, args.study, out, args.format)
     Console().print(f"report -> {path}")
     return 0
@@ -70,18 +80,12 @@ def run_report(args: argparse.Namespace) -> int:
 def run_runs(args: argparse.Namespace) -> int:
     reg = registry(args)
     table = Table(title=f"runs in {reg.path}")
-    for col in (
-        "study",
-        "run",
-        "round",
-        "status",
-        "eval_score_avg",
-        "schema",
-        "grounding",
-        "params",
-        "failure",
-    ):
-        table.add_column(col)
+    table.add_column("study", overflow="fold")
+    table.add_column("run", no_wrap=True)
+    for col in ("round", "status", "eval_score_avg", "schema", "grounding"):
+        table.add_column(col, justify="right" if col != "status" else "left")
+    table.add_column("params", overflow="fold")
+    table.add_column("failure", overflow="fold")
     names = {s.id: s.name for s in reg.studies()}
     study = reg.study(args.study) if args.study else None
     for r in reg.runs(study.id if study else None):
@@ -133,10 +137,7 @@ def run_compare(args: argparse.Namespace) -> int:
             )
     assert a is not None and b is not None
     comparable(a, b)
-    cmp = paired_comparison(
-        read_per_question(Path(a["gate_dir"]) / "per_question.jsonl"),
-        read_per_question(Path(b["gate_dir"]) / "per_question.jsonl"),
-    )
+    cmp = paired_comparison(reg.question_scores(a["id"]), reg.question_scores(b["id"]))
     Console().print(
         f"{args.run_b} minus {args.run_a} on {cmp['n']} gate questions: {cmp['mean_diff']:+.2f} eval_score points "
         f"(95% paired-bootstrap CI {cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}); {cmp['wins']} better, {cmp['losses']} worse, {cmp['ties']} equal"

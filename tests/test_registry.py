@@ -1,0 +1,182 @@
+"""The SQLite registry, on real databases in temp folders."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from sftgate.errors import MismatchError, SftgateError
+from sftgate.registry import MIGRATIONS, PIN_KEYS, Registry, comparable, default_path
+from sftgate.scoring import QuestionScore
+
+PINS = {k: f"{k}-v1" for k in PIN_KEYS} | {"settings.policy": "p1"}
+PARAMS = {"max_steps": 20, "lr": 2e-4}
+
+
+def decision(round_: int, action: str = "train") -> dict:
+    return {
+        "action": action,
+        "round": round_,
+        "configs": [],
+        "selected_run": None,
+        "reason": f"r{round_}",
+        "recommendations": [],
+    }
+
+
+def test_blank_database_gets_every_migration(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    assert reg.schema_version() == len(MIGRATIONS)
+    tables = {r[0] for r in reg.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"studies", "runs", "decisions", "question_scores", "schema_version"} <= tables
+    assert reg.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reg.close()
+    assert Registry(tmp_path / "r.sqlite").schema_version() == len(
+        MIGRATIONS
+    )  # reopening adds nothing
+
+
+def test_a_version_1_database_is_migrated_with_its_data(tmp_path):
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(MIGRATIONS[0])
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    con.execute("INSERT INTO schema_version VALUES (1)")
+    con.execute(
+        "INSERT INTO studies (id, name, created_at, config_path, config_json, pins_json, "
+        + ", ".join(PIN_KEYS)
+        + ") VALUES ('s1', 'old', 't', 'c', '{}', '{}'"
+        + ", 'x'" * len(PIN_KEYS)
+        + ")"
+    )
+    con.commit()
+    con.close()
+    reg = Registry(path)
+    assert reg.schema_version() == len(MIGRATIONS)
+    study = reg.study("old")
+    assert study is not None and study.id == "s1"
+    assert "full_status" in {r[1] for r in reg.db.execute("PRAGMA table_info(runs)")}
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    Registry(path).db.execute("INSERT INTO schema_version VALUES (999)")
+    with pytest.raises(SftgateError, match="newer sftgate"):
+        Registry(path)
+
+
+def test_sftgate_home_moves_the_default_registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFTGATE_HOME", str(tmp_path / "home"))
+    assert default_path() == tmp_path / "home" / "registry.sqlite"
+    Registry().close()
+    assert (tmp_path / "home" / "registry.sqlite").exists()
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {})
+    with pytest.raises(RuntimeError), reg.tx() as db:
+        db.execute(
+            "INSERT INTO decisions (study_id, round, action, decision_json, created_at) "
+            "VALUES (?, 0, 'train', '{}', 't')",
+            (study.id,),
+        )
+        raise RuntimeError("crash mid-transaction")
+    assert reg.decisions(study.id) == []
+
+
+def test_changed_pins_are_refused_with_what_changed(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, created = reg.open_study("s", PINS, "c.yaml", {})
+    assert created and study.pins == PINS
+    assert reg.open_study("s", PINS, "c.yaml", {}) == (study, False)
+    changed = {**PINS, "prompt_sha256": "other", "settings.policy": "p2"}
+    with pytest.raises(MismatchError) as e:
+        reg.open_study("s", changed, "c.yaml", {})
+    assert "prompt_sha256" in str(e.value) and "settings.policy" in str(e.value)
+    assert "new `name`" in str(e.value)
+    assert reg.open_study("s2", changed, "c.yaml", {})[1]  # a new name is a new study
+
+
+def test_decision_and_its_round_are_recorded_together_once(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {})
+    configs = [(PARAMS, "a"), ({**PARAMS, "max_steps": 30}, "b")]
+    ids = reg.record_decision(study, decision(1), configs)
+    assert reg.record_decision(study, decision(1), configs) == ids  # a resume re-derives it
+    assert len(reg.decisions(study.id)) == 1
+    runs = reg.runs(study.id)
+    assert [(r["id"], r["status"], r["params"]) for r in runs] == [
+        (ids[0], "planned", PARAMS),
+        (ids[1], "planned", {**PARAMS, "max_steps": 30}),
+    ]
+    assert runs[0]["prompt_sha256"] == "prompt_sha256-v1"
+    assert runs[0]["eval_set_version"] == "gate_set_version-v1"
+
+
+def test_run_states_are_checked(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {})
+    (run_id,) = reg.add_round(study, 0, [(PARAMS, "smoke")])
+    with pytest.raises(ValueError, match="unknown run status"):
+        reg.update_run(run_id, status="running")
+    with pytest.raises(sqlite3.IntegrityError):
+        reg.db.execute("UPDATE runs SET status = 'running' WHERE id = ?", (run_id,))
+
+
+def test_interrupted_work_goes_back_to_planned(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {})
+    a, b, c = reg.add_round(study, 1, [(PARAMS, "a"), (PARAMS, "b"), (PARAMS, "c")])
+    reg.update_run(a, status="done", full_status="evaluating")
+    reg.update_run(b, status="training")
+    reg.update_run(c, status="evaluating")
+    assert reg.reset_interrupted(study.id) == [b, c, f"{a} (full set)"]
+    assert [r["status"] for r in reg.runs(study.id)] == ["done", "planned", "planned"]
+    assert reg.run(a)["full_status"] is None  # type: ignore[index]
+
+
+def test_metrics_and_question_scores_round_trip(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {})
+    (run_id,) = reg.add_round(study, 0, [(PARAMS, "smoke")])
+    metrics = {
+        "eval_score_avg": 81.5,
+        "eval_score_ci95": [79.0, 84.0],
+        "schema_pass_rate": 0.97,
+        "grounding_avg": 0.9,
+        "detailed_description_f1": 0.8,
+        "original_evidence": 0.85,
+        "answer_f1": 0.7,
+        "context_recall": None,
+        "n": 2,
+    }
+    reg.record_metrics(run_id, metrics, status="done")
+    scores = [
+        QuestionScore("q1", True, None, 1.0, 0.5, 0.25, 1.0, None, 80.0),
+        QuestionScore("q2", False, "not JSON", 0.0, 0.0, 0.0, 0.0, 0.5, 0.0),
+    ]
+    reg.record_question_scores(run_id, "gate", scores)
+    reg.record_question_scores(run_id, "gate", scores)  # rewritten, not doubled
+    row = reg.run(run_id)
+    assert row is not None
+    assert (row["eval_score_avg"], row["eval_score_ci_low"], row["eval_score_ci_high"]) == (
+        81.5,
+        79.0,
+        84.0,
+    )
+    assert row["metrics"] == metrics
+    assert reg.question_scores(run_id) == scores
+    assert reg.question_scores(run_id, "full") == []
+
+
+def test_runs_of_other_studies_or_pins_are_not_comparable(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    s1, _ = reg.open_study("s1", PINS, "c.yaml", {})
+    s2, _ = reg.open_study("s2", {**PINS, "prompt_sha256": "p2"}, "c.yaml", {})
+    a, b = reg.add_round(s1, 1, [(PARAMS, "a"), (PARAMS, "b")])
+    (c,) = reg.add_round(s2, 1, [(PARAMS, "c")])
+    comparable(reg.run(a), reg.run(b))  # type: ignore[arg-type]
+    with pytest.raises(MismatchError, match="study_id.*prompt_sha256"):
+        comparable(reg.run(a), reg.run(c))  # type: ignore[arg-type]

@@ -1,0 +1,276 @@
+"""The search end to end on a small project with tiny-qwen3 on the CPU: real index, training,
+evaluation, planner and SQLite registry; no mocks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sftgate.cli import main
+from sftgate.errors import MismatchError
+from sftgate.registry import Registry
+from sftgate.search import search
+from tests.conftest import PROMPT_PATH, REPO, make_question, write_json
+
+KB = {
+    "it/vpn.md": "# VPN\n\n## 申請\n\n員工須填寫 IT-07 遠端存取申請表，經直屬主管核准後由資訊部開通。\n\n"
+    "## 連線\n\n連線時請使用公司發放的筆電，並開啟雙因素驗證。\n",
+    "hr/leave.md": "# Leave\n\n## Annual leave\n\nEmployees get 14 days of annual leave per year. "
+    "Apply in the HR portal at least three days ahead.\n",
+}
+EN = {
+    "answer": "Apply in the HR portal three days ahead.",
+    "detailed_description": "Annual leave is applied for in the HR portal at least three days ahead.",
+    "original_evidence": ["Apply in the HR portal at least three days ahead."],
+    "source_paths": ["hr/leave.md"],
+}
+
+
+def questions(prefix: str, n: int) -> list[dict]:
+    items = []
+    for i in range(n):
+        if i % 2:
+            items.append(
+                make_question(
+                    f"{prefix}{i}", question=f"How do I apply for leave? ({i})", reference=EN
+                )
+            )
+        else:
+            items.append(make_question(f"{prefix}{i}", question=f"VPN 帳號要怎麼申請？（{i}）"))
+    return items
+
+
+def make_project(root: Path, **policy: Any) -> Path:
+    """A knowledge base, three question sets and a study config; returns the config's path."""
+    for rel, text in KB.items():
+        (root / "kb" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "kb" / rel).write_text(text, encoding="utf-8")
+    write_json(root / "train.json", questions("t", 4))
+    write_json(root / "gate.json", questions("g", 3))
+    write_json(root / "full.json", questions("f", 5))
+    shutil.copy(PROMPT_PATH, root / "prompt.md")
+    config = {
+        "kind": "study",
+        "name": "tiny-study",
+        "model": "tiny-qwen3",
+        "prompt": "prompt.md",
+        "train_questions": "train.json",
+        "gate_questions": "gate.json",
+        "full_questions": "full.json",
+        "retrieval": {
+            "corpus": "kb",
+            "top_k": 1,
+            "settings": {"chunk_chars": 200, "overlap_chars": 0},
+        },
+        "workdir": "work",
+        "registry": "registry.sqlite",
+        "decode": {"max_new_tokens": 6, "batch_size": 4, "merge_check_questions": 0},
+        "policy": {
+            "thresholds": {"smoke_schema": 0.0, "max_rounds": 3},
+            "round0": {"max_steps": 1, "max_length": 4096, "lr": 2e-3},
+            "round1": [{"max_steps": 2}, {"max_steps": 3, "lr": 1e-3}, {"max_length": 64}],
+            "round1_reasons": ["base", "conservative", "too short: fails"],
+            "steps_delta": 1,
+            "long_max_length": 5000,
+            **policy,
+        },
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def runs_by_round(registry: Path) -> dict[int, list[dict]]:
+    reg = Registry(registry)
+    try:
+        out: dict[int, list[dict]] = {}
+        for r in reg.runs():
+            out.setdefault(r["round"], []).append(r)
+        return out
+    finally:
+        reg.close()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Any]:
+    root = tmp_path_factory.mktemp("project")
+    config = make_project(root)
+    return config, search(config, progress=False)
+
+
+@pytest.mark.slow
+def test_search_walks_the_seed_rounds_and_records_everything(finished):
+    config, result = finished
+    root = config.parent
+    rounds = runs_by_round(root / "registry.sqlite")
+    # round 0 smoke, round 1's three configs (one fails), round 2's small steps, then a plateau
+    assert sorted(rounds) == [0, 1, 2]
+    assert [len(rounds[0]), len(rounds[1])] == [1, 3]
+    assert 1 <= len(rounds[2]) <= 2
+    failed = [r for r in rounds[1] if r["status"] == "failed"]
+    assert len(failed) == 1 and "max_length=64" in failed[0]["failure"]
+    assert (root / "work" / "runs" / failed[0]["id"] / "failure-gate.txt").exists()
+    for r in [r for rs in rounds.values() for r in rs if r["status"] == "done"]:
+        assert r["eval_score_avg"] is not None and r["eval_score_ci_low"] is not None
+        assert r["schema_pass_rate"] == 0.0  # a random model
+        assert r["adapter_id"] and Path(r["adapter_path"], "adapter_config.json").exists()
+        assert r["prompt_sha256"] == result.study.pins["prompt_sha256"]
+        assert r["train_meta"]["provenance"]["libraries"]["torch"]
+        assert r["train_s"] > 0 and r["eval_s"] > 0
+    assert result.decision.action == "stop" and "plateau" in result.decision.reason
+    assert result.study.status == "finished"
+    report = (root / "work" / "report.md").read_text(encoding="utf-8")
+    assert "not expected to pass the gate" in report and "Gate: not passed" in report
+    assert (root / "work" / "metrics_per_run.png").stat().st_size > 1000
+    assert (root / "work" / "report.html").exists()
+    reg = Registry(root / "registry.sqlite")
+    decisions = reg.decisions(result.study.id)
+    assert [d["action"] for d in decisions] == ["train", "train", "train", "stop"]
+    assert len(reg.question_scores(rounds[1][0]["id"])) == 3
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_study_redoes_nothing(finished):
+    config, result = finished
+    before = runs_by_round(config.parent / "registry.sqlite")
+    again = search(config, progress=False)
+    after = runs_by_round(config.parent / "registry.sqlite")
+    assert again.decision.reason == result.decision.reason
+    assert {r["id"]: (r["adapter_id"], r["updated_at"]) for rs in before.values() for r in rs} == {
+        r["id"]: (r["adapter_id"], r["updated_at"]) for rs in after.values() for r in rs
+    }
+    reg = Registry(config.parent / "registry.sqlite")
+    assert len(reg.decisions(result.study.id)) == 4
+
+
+@pytest.mark.slow
+def test_runs_show_compare_report_cli(finished, capsys):
+    config, result = finished
+    db = str(config.parent / "registry.sqlite")
+    rounds = runs_by_round(config.parent / "registry.sqlite")
+    a, b = rounds[1][0]["id"], rounds[1][1]["id"]
+    assert main(["runs", "--registry", db]) == 0
+    assert a in capsys.readouterr().out
+    assert main(["show", a, "--registry", db]) == 0
+    assert '"adapter_id"' in capsys.readouterr().out
+    assert main(["compare", a, b, "--registry", db]) == 0
+    assert "paired-bootstrap" in capsys.readouterr().out
+    out = config.parent / "r.html"
+    assert (
+        main(["report", "tiny-study", "--format", "html", "--out", str(out), "--registry", db]) == 0
+    )
+    assert "<table>" in out.read_text(encoding="utf-8")
+    assert main(["compare", a, rounds[1][2]["id"], "--registry", db]) == 2  # the failed run
+
+
+@pytest.mark.slow
+def test_changed_inputs_are_refused_with_what_changed(tmp_path):
+    config = make_project(tmp_path, thresholds={"smoke_schema": 1.0})  # stops after the smoke run
+    assert search(config, progress=False).decision.action == "stop"
+    changes = [
+        ("prompt.md", lambda t: t + "\n", "prompt_sha256"),
+        ("gate.json", lambda t: t.replace("（0）", "（zero）"), "gate_set_version"),
+        ("kb/it/vpn.md", lambda t: t + "\n新段落。\n", "index_version"),
+        (
+            "study.yaml",
+            lambda t: t.replace("max_new_tokens: 6", "max_new_tokens: 7"),
+            "settings.decode",
+        ),
+    ]
+    for rel, edit, key in changes:
+        path = tmp_path / rel
+        original = path.read_text(encoding="utf-8")
+        path.write_text(edit(original), encoding="utf-8")
+        with pytest.raises(MismatchError, match=key) as e:
+            search(config, progress=False)
+        assert "new `name`" in str(e.value)
+        path.write_text(original, encoding="utf-8")
+    assert search(config, progress=False).decision.action == "stop"  # unchanged again: resumes
+
+
+@pytest.mark.slow
+def test_gate_pass_runs_the_full_set_then_stops(tmp_path):
+    config = make_project(
+        tmp_path,
+        thresholds={"smoke_schema": 0.0, "gate_score": 0.0, "gate_schema": 0.0},
+        round1=[{"max_steps": 2}],
+        round1_reasons=["base"],
+    )
+    result = search(config, progress=False)
+    assert (
+        result.decision.action == "stop" and "full-set evaluation is done" in result.decision.reason
+    )
+    reg = Registry(tmp_path / "registry.sqlite")
+    run = reg.run(result.decision.selected_run or "")
+    assert run is not None and run["full_status"] == "done" and run["full_metrics"]["n"] == 5
+    assert len(reg.question_scores(run["id"], "full")) == 5
+    assert [d["action"] for d in reg.decisions(result.study.id)] == [
+        "train",
+        "train",
+        "full_eval",
+        "stop",
+    ]
+    assert "**Full set** (5 questions)" in (tmp_path / "work" / "report.md").read_text(
+        encoding="utf-8"
+    )
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_redoing_finished_runs(tmp_path):
+    config = make_project(tmp_path)
+    db = tmp_path / "registry.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sftgate", "search", "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    killed_during: list[tuple[str, str]] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            if not db.exists():
+                continue
+            try:
+                con = sqlite3.connect(db, timeout=1)
+                rows = con.execute("SELECT id, status FROM runs").fetchall()
+                con.close()
+            except sqlite3.OperationalError:
+                continue
+            done = [r for r in rows if r[1] == "done"]
+            busy = [r for r in rows if r[1] in ("training", "evaluating")]
+            if len(done) >= 2 and busy:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_during = busy
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_during, "the search finished or stalled before it could be killed mid-run"
+    before = {r["id"]: r for rs in runs_by_round(db).values() for r in rs if r["status"] == "done"}
+    result = search(config, progress=False)
+    after = {r["id"]: r for rs in runs_by_round(db).values() for r in rs}
+    for run_id, r in before.items():  # finished runs are not redone
+        assert (after[run_id]["adapter_id"], after[run_id]["updated_at"]) == (
+            r["adapter_id"],
+            r["updated_at"],
+        )
+    for run_id, _ in killed_during:  # the interrupted run restarted and finished
+        assert after[run_id]["status"] in ("done", "failed")
+    assert result.decision.action == "stop"
+    assert all(r["status"] in ("done", "failed") for r in after.values())
