@@ -487,8 +487,9 @@ def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
         reg.update_run(spec.run_id, status="failed", failure=outcome.failure, **common)
         return
     assert outcome.metrics is not None and outcome.question_scores is not None
-    if outcome.train_s is None:  # a restart that reused the adapter: keep the first timing
-        common.pop("train_s")
+    if outcome.train_s is None and outcome.train_meta is not None:
+        # a restart that reused the adapter: its training time is in the adapter's metadata
+        common["train_s"] = outcome.train_meta["wall_time_s"]
     reg.record_question_scores(spec.run_id, "gate", outcome.question_scores)
     reg.record_metrics(
         spec.run_id,
