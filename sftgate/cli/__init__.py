@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from sftgate import __version__
-from sftgate.cli import data, eval, index, plan, score, study, train, validate
+from sftgate.cli import data, eval, index, init, plan, score, study, train, validate
 from sftgate.errors import InputError, SftgateError
 
-COMMANDS = [validate, score, data, index, train, eval, plan, study]
+COMMANDS = [init, validate, score, data, index, train, eval, plan, study]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
