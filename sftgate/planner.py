@@ -356,10 +356,14 @@ def plan_next(history: History, policy: Policy | None = None) -> Decision:
         )
 
     # Best score as of each round (cumulative), for the plateau and oscillation rules.
-    best_by_round = []
+    best_by_round: list[float] = []
+    schema_ok_by_round: list[bool] = []
     for r in later:
         b, _ = select_best([run for rr in later if rr.round <= r.round for run in rr.runs], t)
         best_by_round.append(_score(b) if b else float("-inf"))
+        schema_ok_by_round.append(
+            b is not None and b.metrics.get("schema_pass_rate", 0.0) >= t.gate_schema
+        )
     recs_stop = PROMPT_ADVICE + RETRIEVAL_ADVICE
     if len(best_by_round) >= 2:
         # Rounded: 90.3 - 90.0 is 0.29999999999999716 in floating point, not < 0.3.
@@ -372,7 +376,9 @@ def plan_next(history: History, policy: Policy | None = None) -> Decision:
                 reason=f"plateau: round {last.round} improved the best eval_score_avg by {gain:.2f} < {t.plateau}; {why}",
                 recommendations=recs_stop,
             )
-        if all(t.oscillation_low <= s < t.oscillation_high for s in best_by_round[-2:]):
+        if all(schema_ok_by_round[-2:]) and all(
+            t.oscillation_low <= s < t.oscillation_high for s in best_by_round[-2:]
+        ):
             return Decision(
                 action="stop",
                 round=last.round,

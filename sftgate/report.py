@@ -129,6 +129,7 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
     header = [
         "run",
         "status",
+        "adapter_id",
         *SEED_PARAM_NAMES,
         "eval_score_avg [95% CI]",
         "schema",
@@ -153,12 +154,8 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
                 [
                     f"`{r['id']}`",
                     r["status"],
-                    *(
-                        fmt(r["params"][k], 6)
-                        if isinstance(r["params"][k], float)
-                        else str(r["params"][k])
-                        for k in SEED_PARAM_NAMES
-                    ),
+                    f"`{r['adapter_id'][:8]}`" if r["adapter_id"] else "–",
+                    *(f"{r['params'][k]:g}" for k in SEED_PARAM_NAMES),
                     score,
                     fmt(r["schema_pass_rate"]),
                     fmt(r["grounding_avg"]),

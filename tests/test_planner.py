@@ -449,3 +449,15 @@ def test_round1_skips_a_config_equal_to_the_smoke_run():
 def test_round1_reasons_must_match_configs():
     with pytest.raises(ValueError, match="one reason per config"):
         Policy(round1=[{"max_steps": 10}], round1_reasons=["a", "b"])
+
+
+def test_oscillation_needs_the_schema_to_pass():
+    # Best scores 94.6 then 94.95 (a 0.35 gain, not a plateau) but schema below 0.98: no
+    # oscillation stop; the search goes on from the run closest to the format.
+    rounds = (
+        SMOKE_OK,
+        [run("b", BASE, 94.6, schema=0.95, detailed_description_f1=0.5)],
+        [run("b2", {**BASE, "max_steps": 300}, 94.95, schema=0.96, detailed_description_f1=0.5)],
+    )
+    d = plan_next(hist(*rounds))
+    assert (d.action, d.round, d.selected_run) == ("train", 3, "b2")

@@ -1,0 +1,145 @@
+"""The report, rendered from a fixed registry and compared with a golden file.
+
+The registry is built the way the search builds it (the real planner decides every round) with
+scripted metrics instead of training. Re-record the golden file only on purpose:
+
+    SFTGATE_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sftgate.planner import Policy, plan_next
+from sftgate.registry import PIN_KEYS, Registry
+from sftgate.report import build_blocks, to_html, write_report
+from sftgate.search import history
+
+GOLDEN = Path(__file__).parent / "golden" / "report.md"
+PINS = {k: f"{k.split('_')[0]}-{'0123456789abcdef' * 4}" for k in PIN_KEYS} | {
+    "model_id": "Qwen/Qwen3-4B",
+    "prompt_version": "eval_json_v2.0",
+}
+PROVENANCE = {
+    "git": {"commit": "0" * 40, "dirty": False},
+    "libraries": {"peft": "0.21.0", "torch": "2.11.0", "transformers": "5.17.0"},
+    "python": "3.12.3",
+    "device": "NVIDIA H100 80GB HBM3",
+}
+
+
+def metrics(score: float, schema: float, grounding: float, dd: float = 0.93, ev: float = 0.92):
+    return {
+        "eval_score_avg": score,
+        "eval_score_ci95": [score - 1.5, score + 1.25],
+        "schema_pass_rate": schema,
+        "grounding_avg": grounding,
+        "detailed_description_f1": dd,
+        "original_evidence": ev,
+        "answer_f1": 0.9,
+        "context_recall": 0.95,
+        "n": 100,
+        "eval_set_version": PINS["gate_set_version"],
+    }
+
+
+# Per round, the scripted outcome of each planned run, in order: metrics or a failure.
+SCRIPT = {
+    0: [metrics(41.25, 0.93, 0.55, dd=0.4, ev=0.3)],
+    1: [
+        metrics(93.1, 0.99, 0.96, dd=0.85),
+        metrics(92.8, 0.99, 0.975, dd=0.85),  # within 0.5 of the best, higher grounding: selected
+        "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    ],
+    2: [metrics(95.4, 0.99, 0.98), metrics(94.2, 1.0, 0.97)],
+}
+FULL = metrics(94.9, 0.991, 0.975) | {"n": 1000, "eval_set_version": PINS["full_set_version"]}
+
+
+def build_registry(path: Path) -> Registry:
+    reg = Registry(path)
+    policy = Policy()
+    config = {"name": "golden", "policy": policy.model_dump(mode="json"), "note": "A fixed study."}
+    study, _ = reg.open_study("golden", PINS, "examples/sample/study.yaml", config)
+    with reg.tx() as db:  # fixed identity and time, so the rendering is byte-for-byte stable
+        db.execute(
+            "UPDATE studies SET id = 'study0', created_at = '2026-01-01T00:00:00+00:00' WHERE id = ?",
+            (study.id,),
+        )
+    study = reg.study("golden")
+    assert study is not None
+    while True:
+        decision = plan_next(history(reg, study), policy)
+        configs = [(c.params, c.reason) for c in decision.configs] or None
+        for i, run_id in enumerate(reg.record_decision(study, decision.model_dump(), configs)):
+            fixed = f"r{decision.round}-{i}"
+            with reg.tx() as db:
+                db.execute("UPDATE runs SET id = ? WHERE id = ?", (fixed, run_id))
+            outcome = SCRIPT[decision.round][i]
+            train_meta = {
+                "adapter_id": f"{decision.round}{i}c0ffee-0000-4000-8000-0123456789ab",
+                "provenance": PROVENANCE,
+            }
+            times = {"train_s": 60.0 * (decision.round + 1), "eval_s": 90.5}
+            if isinstance(outcome, str):
+                reg.update_run(fixed, status="failed", failure=outcome, **times)
+            else:
+                reg.record_metrics(
+                    fixed,
+                    outcome,
+                    status="done",
+                    adapter_id=train_meta["adapter_id"],
+                    train_meta_json=train_meta,
+                    **times,
+                )
+        if decision.action == "full_eval":
+            assert decision.selected_run is not None
+            reg.update_run(
+                decision.selected_run,
+                full_status="done",
+                full_metrics_json=FULL,
+                full_eval_set_version=FULL["eval_set_version"],
+                full_eval_s=900.0,
+            )
+        if decision.action == "stop":
+            reg.set_study_status(study.id, "finished")
+            return reg
+
+
+def test_report_matches_the_golden_file(tmp_path):
+    reg = build_registry(tmp_path / "registry.sqlite")
+    out = write_report(reg, "golden", tmp_path / "report.md")
+    text = out.read_text(encoding="utf-8")
+    if os.environ.get("SFTGATE_RECORD_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8"), (
+        "the rendered report changed; if on purpose, re-record with SFTGATE_RECORD_GOLDEN=1"
+    )
+    for png in ("metrics_per_run.png", "best_by_round.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_content_from_the_registry(tmp_path):
+    reg = build_registry(tmp_path / "registry.sqlite")
+    blocks = build_blocks(reg, "golden", None)
+    md = "\n".join(str(b.content) for b in blocks)
+    assert "Gate: PASSED" in md and "r2-0" in md
+    assert "OutOfMemoryError" in md  # the failed run and its reason
+    assert "full set" in md.lower() and "94.90" in md
+    assert "within the 0.5-point tie band" in md or "higher grounding" in md
+    html = to_html(blocks, "golden")
+    assert html.count("<table>") >= 4 and "<strong>Gate: PASSED</strong>" in html
+
+
+def test_decisions_recorded_by_the_planner(tmp_path):
+    reg = build_registry(tmp_path / "registry.sqlite")
+    actions = [(d["action"], d["round"], d["selected_run"]) for d in reg.decisions("study0")]
+    assert actions == [
+        ("train", 0, None),
+        ("train", 1, None),
+        ("train", 2, "r1-1"),
+        ("full_eval", 2, "r2-0"),
+        ("stop", 2, "r2-0"),
+    ]
