@@ -1259,7 +1259,8 @@ def build(out: Path) -> None:
             to_question(
                 f"v1-{len(v1):04d}",
                 fact,
-                fact.questions[2] + (" Please keep it short." if fact.lang == "en" else "（請簡答）"),
+                fact.questions[2]
+                + (" Please keep it short." if fact.lang == "en" else "（請簡答）"),
             )
         )
         k += 1

@@ -6,7 +6,7 @@ unanswerable question gets the first paragraph of the first document, which does
 Three prediction files go beside it:
 
     references.jsonl       the reference itself as the model's JSON (must score 100)
-    empty.jsonl            a schema-valid object with empty answer and description, no quotes
+    empty.jsonl            empty answer, description and lists (the schema refuses empty strings)
     first_passage.jsonl    the first passage copied into every field
 
     python scripts/sample_baselines.py                       # gate set -> examples/sample/baselines/

@@ -21,7 +21,9 @@ is missing, rather than shipping a second copy inside the package.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sftgate.errors import InputError, Problem, SftgateError
 from sftgate.fsutil import atomic_write_bytes
@@ -54,8 +56,7 @@ _EVIDENCE = "員工到職滿六個月以上未滿一年者，給予特別休假�
 _REFERENCE = {
     "answer": "到職滿六個月即可享有特別休假三日。",
     "detailed_description": (
-        "依請假規定，員工到職滿六個月以上未滿一年者，給予特別休假三日；"
-        "滿一年以上未滿二年為七日。"
+        "依請假規定，員工到職滿六個月以上未滿一年者，給予特別休假三日；滿一年以上未滿二年為七日。"
     ),
     "original_evidence": [_EVIDENCE],
     "source_paths": ["handbook/leave.md"],
@@ -118,7 +119,7 @@ Next: `sftgate data check --train docs/question_v1.json --eval docs/question_v2.
 """
 
 
-def _json_bytes(items: list[dict[str, object]]) -> bytes:
+def _json_bytes(items: Sequence[Mapping[str, Any]]) -> bytes:
     return (json.dumps(items, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 
@@ -191,4 +192,3 @@ def init_project(target: str | Path, *, sample: bool = False) -> list[Path]:
         atomic_write_bytes(path, data)
         written.append(path)
     return written
-
