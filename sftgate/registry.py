@@ -220,17 +220,7 @@ class Registry:
         """
         existing = self.study(name)
         if existing is not None:
-            keys = [*PIN_KEYS, *sorted((set(existing.pins) | set(pins)) - set(PIN_KEYS))]
-            changed = [
-                f"{k} (was {str(existing.pins.get(k))[:16]}, now {str(pins.get(k))[:16]})"
-                for k in keys
-                if existing.pins.get(k) != pins.get(k)
-            ]
-            if changed:
-                raise MismatchError(
-                    f"study '{name}' was created with other inputs: {', '.join(changed)}. Results would not be comparable; "
-                    "give the study a new `name` in the config to start a new study (the old one stays in the registry)"
-                )
+            check_pins(existing, pins)
             return existing, False
         study_id = uuid.uuid4().hex[:12]
         with self.tx() as db:
@@ -467,6 +457,22 @@ class Registry:
             (study_id,),
         )
         return [{**json.loads(r[0]), "created_at": r[1]} for r in rows]
+
+
+def check_pins(study: Study, pins: Mapping[str, str]) -> None:
+    """Raise MismatchError naming every pinned input that differs from the study's."""
+    keys = [*PIN_KEYS, *sorted((set(study.pins) | set(pins)) - set(PIN_KEYS))]
+    changed = [
+        f"{k} (was {str(study.pins.get(k))[:16]}, now {str(pins.get(k))[:16]})"
+        for k in keys
+        if study.pins.get(k) != pins.get(k)
+    ]
+    if changed:
+        raise MismatchError(
+            f"study '{study.name}' was created with other inputs: {', '.join(changed)}. Results "
+            "would not be comparable; give the study a new `name` in the config to start a new "
+            "study (the old one stays in the registry), or restore the inputs to resume it"
+        )
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from sftgate.paths import data_dir
 from sftgate.planner import Decision, History, Policy, RoundRecord, RunRecord, plan_next
 from sftgate.prompt import load_prompt
 from sftgate.questions import QuestionSet, load_questions
-from sftgate.registry import Registry, Study
+from sftgate.registry import Registry, Study, check_pins
 from sftgate.scoring import QuestionScore, read_per_question
 from sftgate.tiny import TINY_MODEL_ID
 from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
@@ -640,6 +640,8 @@ def search(
             for _ in range(max_steps_of_the_loop):
                 planned = [r for r in reg.runs(study.id) if r["status"] == "planned"]
                 for n, r in enumerate(planned):
+                    # Inputs edited while the search runs would make this run incomparable.
+                    check_pins(study, pin_inputs(config).pins)
                     view.set_run(
                         r["round"], f"{r['id']} ({n + 1} of {len(planned)})", len(planned) - n
                     )
@@ -683,6 +685,7 @@ def search(
                     continue
                 if decision.action == "full_eval":
                     assert decision.selected_run is not None
+                    check_pins(study, pin_inputs(config).pins)
                     run = reg.run(decision.selected_run)
                     assert run is not None
                     view.set_run(decision.round, f"{run['id']} on the full set", 1)
