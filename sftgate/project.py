@@ -9,7 +9,7 @@ sets in the seed's layout, a knowledge base and a study config:
     docs/question_v2.json                     full evaluation set
     docs/eval_sets/question_v2_dev100.json    gate set, a subset of question_v2.json
     kb/                                       the knowledge base (Markdown, text, HTML, ...)
-    study.yaml                                the study config (`sftgate search study.yaml`)
+    study.yaml                                the study config (`sftgate search --config study.yaml`)
 
 The prompt and the scoring spec ship inside the package (sftgate/resources/), identical to the
 repository's docs/ (a test compares them), so `init` works from any install. The sample project
@@ -72,7 +72,7 @@ EXAMPLE_FULL = [
 ]
 
 STARTER_STUDY = """\
-# The study config: `sftgate validate study.yaml` checks it, `sftgate search study.yaml` runs it.
+# The study config: `sftgate validate study.yaml` checks it, `sftgate search --config study.yaml` runs it.
 # Paths are relative to this file. Every key below is explained in `sftgate validate --help` and
 # in the README's "Planner rules"; only kind, name, prompt and the three question sets are required.
 kind: study
@@ -115,7 +115,7 @@ PROJECT_README = """\
 
 Next: `sftgate data check --train docs/question_v1.json --eval docs/question_v2.json
 --gate docs/eval_sets/question_v2_dev100.json`, then `sftgate validate study.yaml` and
-`sftgate search study.yaml`.
+`sftgate search --config study.yaml`.
 """
 
 
