@@ -1114,8 +1114,11 @@ UNANSWERABLE = [
 ]
 
 
-def cross_doc_facts(facts: list[Fact], rng: random.Random) -> list[Fact]:
-    """Questions whose answer spans two documents: a leave rule plus the IT service that handles it."""
+def cross_doc_facts(
+    facts: list[Fact], rng: random.Random, n: int = 60, phrasing: int = 0
+) -> list[Fact]:
+    """Questions whose answer spans two documents: two facts asked together, each in its
+    `phrasing` (v1's phrasing 0 for the shared cross facts, v2's phrasing 1 for v2's own)."""
     out = []
     pairs = [
         (a, b)
@@ -1124,8 +1127,8 @@ def cross_doc_facts(facts: list[Fact], rng: random.Random) -> list[Fact]:
         if a.doc < b.doc and a.lang == b.lang == "zh" and a.kind == b.kind == "fact"
     ]
     rng.shuffle(pairs)
-    for a, b in pairs[:60]:
-        qa, qb = a.questions[0].rstrip("？"), b.questions[0].rstrip("？")
+    for a, b in pairs[:n]:
+        qa, qb = a.questions[phrasing].rstrip("？"), b.questions[phrasing].rstrip("？")
         out.append(
             Fact(
                 a.doc + "|" + b.doc,
@@ -1241,7 +1244,7 @@ def build(out: Path) -> None:
         (kb / doc.path).parent.mkdir(parents=True, exist_ok=True)
         (kb / doc.path).write_text(doc.render(), encoding="utf-8")
     # v1 (train) and v2 (full eval) ask about the same facts with different phrasings: phrasing 0
-    # for v1, phrasing 1 for v2, then phrasing 2 fills both up to 1,000.
+    # for v1, phrasing 1 for v2, then phrasing 2 fills v2 up to 1,000 (v1's fill: below).
     v1, v2 = [], []
     for n, fact in enumerate(facts):
         v1.append(to_question(f"v1-{n:04d}", fact, fact.questions[0]))
@@ -1249,20 +1252,43 @@ def build(out: Path) -> None:
     extra = list(range(len(facts)))
     rng.shuffle(extra)
     k = 0
+    # Once every fact has been asked in phrasing 2, v2 goes on with questions only it asks, so
+    # that no question repeats: new two-document pairs in v2's phrasing, and v2's phrasing 1
+    # asked from a situation. They draw from their own rng, so the gate's draw stays as it was.
+    v2_rng = random.Random(SEED + 1)
+    singles = [f for f in facts if f.kind != "cross"]
+    v2_pairs = iter(cross_doc_facts(singles, v2_rng, n=1000, phrasing=1))
+    situations = {
+        "zh": ["我是新進同仁，想問", "同事請我幫忙確認：", "主管問到：", "替部門詢問："],
+        "en": ["A new colleague asks: ", "Checking for my manager: ", "On behalf of my team: "],
+    }
+    used_pairs = {f.doc + f.sentence for f in facts if f.kind == "cross"}
     while len(v2) < 1000 - len(UNANSWERABLE) // 2:
         fact = facts[extra[k % len(extra)]]
-        v2.append(to_question(f"v2-{len(v2):04d}", fact, fact.questions[2]))
+        if k < len(extra):
+            v2.append(to_question(f"v2-{len(v2):04d}", fact, fact.questions[2]))
+        elif k % 2 == 0:
+            pair = next(p for p in v2_pairs if p.doc + p.sentence not in used_pairs)
+            v2.append(to_question(f"v2-{len(v2):04d}", pair, pair.questions[k % 3]))
+        else:
+            opener = situations[fact.lang][k % len(situations[fact.lang])]
+            v2.append(to_question(f"v2-{len(v2):04d}", fact, opener + fact.questions[1]))
         k += 1
+    # v1's fill asks facts again in v1's own words behind a conversational opener; every fourth
+    # reuses v2's phrasing 2 with a suffix: the kind of reuse `sftgate data check` must report.
+    # (No rng here: the gate set's draw below must not depend on v1.)
+    openers = {
+        "zh": ["", "請問，", "想請教一下：", "我想確認："],
+        "en": ["", "Quick question: ", "Could you tell me: ", "One more thing: "],
+    }
     while len(v1) < 1000 - len(UNANSWERABLE) // 2:
         fact = facts[extra[k % len(extra)]]
-        v1.append(
-            to_question(
-                f"v1-{len(v1):04d}",
-                fact,
-                fact.questions[2]
-                + (" Please keep it short." if fact.lang == "en" else "（請簡答）"),
-            )
+        text = (
+            fact.questions[2] + (" Please keep it short." if fact.lang == "en" else "（請簡答）")
+            if k % 4 == 0
+            else openers[fact.lang][k % 4] + fact.questions[0]
         )
+        v1.append(to_question(f"v1-{len(v1):04d}", fact, text))
         k += 1
     for i, (text, lang) in enumerate(UNANSWERABLE):
         target = v1 if i % 2 else v2

@@ -81,6 +81,8 @@ def test_language_mix_and_refusals(sets, name):
 
 
 def test_variety(sets):
+    for qset in sets.values():
+        assert len({q.question for q in qset}) == len(qset), "a question repeats within a set"
     qs = list(sets["v2"])
     two_docs = [q for q in qs if len(q.reference.source_paths) == 2]
     assert len(two_docs) >= 20
