@@ -282,29 +282,99 @@ def it_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
 
 # ----------------------------------------------------------------------------- HR rules
 
-# (leave, slug, proof required for long leave)
+# (leave, slug, proof for long leave, days rule, its short answer, notice in working days, pay):
+# close to Taiwan's Labor Standards Act and leave rules, as a real handbook would restate them.
 LEAVES = [
-    ("特別休假", "annual", "主管核准之休假計畫"),
-    ("病假", "sick", "醫療院所證明"),
-    ("事假", "personal", "相關證明文件"),
-    ("婚假", "marriage", "喜帖或結婚證書影本"),
-    ("喪假", "bereavement", "訃聞或死亡證明影本"),
-    ("產假", "maternity", "醫療院所證明"),
-    ("陪產檢及陪產假", "paternity", "出生證明或產檢紀錄影本"),
-    ("生理假", "menstrual", "相關證明文件"),
-    ("家庭照顧假", "family", "家屬就醫或照顧需求證明"),
-    ("公假", "official", "主管核准之公文"),
+    (
+        "特別休假",
+        "annual",
+        "主管核准之休假計畫",
+        "到職滿六個月以上未滿一年者，給予特別休假三日；滿一年以上未滿二年者，給予七日。",
+        "滿六個月未滿一年三日；滿一年未滿二年七日。",
+        3,
+        "全薪",
+    ),
+    (
+        "病假",
+        "sick",
+        "醫療院所證明",
+        "未住院者，病假一年內合計以 30 日為上限。",
+        "每年 30 日。",
+        1,
+        "半薪",
+    ),
+    (
+        "事假",
+        "personal",
+        "相關證明文件",
+        "事假一年內合計以 14 日為上限。",
+        "每年 14 日。",
+        2,
+        "不給薪",
+    ),
+    ("婚假", "marriage", "喜帖或結婚證書影本", "員工結婚者給予婚假 8 日。", "8 日。", 7, "全薪"),
+    (
+        "喪假",
+        "bereavement",
+        "訃聞或死亡證明影本",
+        "父母、養父母、繼父母或配偶喪亡者，給予喪假 8 日。",
+        "父母或配偶喪亡 8 日。",
+        1,
+        "全薪",
+    ),
+    (
+        "產假",
+        "maternity",
+        "醫療院所證明",
+        "女性員工分娩前後，給予產假 56 日。",
+        "56 日（八星期）。",
+        5,
+        "全薪",
+    ),
+    (
+        "陪產檢及陪產假",
+        "paternity",
+        "出生證明或產檢紀錄影本",
+        "員工於配偶妊娠產檢或分娩時，給予陪產檢及陪產假 7 日。",
+        "7 日。",
+        3,
+        "全薪",
+    ),
+    (
+        "生理假",
+        "menstrual",
+        "相關證明文件",
+        "女性員工每月得請生理假 1 日，全年以 12 日為上限。",
+        "每月 1 日，全年 12 日。",
+        1,
+        "半薪",
+    ),
+    (
+        "家庭照顧假",
+        "family",
+        "家屬就醫或照顧需求證明",
+        "家庭照顧假每年以 7 日為上限，併入事假計算。",
+        "每年 7 日。",
+        1,
+        "不給薪",
+    ),
+    (
+        "公假",
+        "official",
+        "主管核准之公文",
+        "公假依實際需要的天數核給。",
+        "依實際需要的天數核給。",
+        3,
+        "全薪",
+    ),
 ]
 
 
 def hr_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
     docs, facts = [], []
     # One document per leave type, plus a handful of policy documents.
-    for leave, slug, proof in LEAVES:
+    for leave, slug, proof, s_days, days_answer, notice, pay in LEAVES:
         path = f"hr/leave/{slug}.md"
-        days = rng.choice([1, 3, 5, 7, 8, 10, 14, 30])
-        notice = rng.choice([1, 2, 3, 5, 7])
-        pay = rng.choice(["全薪", "半薪", "不給薪"])
         system = "HR-Link 人資系統"
         doc = Doc(
             path,
@@ -312,12 +382,7 @@ def hr_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
             "zh",
             f"本規定依勞動法令及{ORG}工作規則訂定，說明{leave}的天數、請假程序與薪資計算方式。",
         )
-        s_days = (
-            f"{leave}每年以 {days} 日為上限。"
-            if slug not in ("annual",)
-            else "到職滿六個月以上未滿一年者，給予特別休假三日；滿一年以上未滿二年者，給予七日。"
-        )
-        s_notice = f"申請{leave}應於 {notice} 個工作日前在 {system} 提出，臨時請假者須於當日上班時間開始後兩小時內通知主管。"
+        s_notice = f"申請{leave}應於 {notice} 個工作日前在 {system}提出，臨時請假者須於當日上班時間開始後兩小時內通知主管。"
         s_pay = f"{leave}期間工資以{pay}計算。"
         s_proof = f"連續請{leave}超過三日者，應於銷假後五個工作日內補附{proof}。"
         doc.sections.append(
@@ -352,7 +417,7 @@ def hr_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
                 path,
                 "天數",
                 s_days,
-                s_days if slug == "annual" else f"每年 {days} 日。",
+                days_answer,
                 [
                     f"{leave}一年最多可以請幾天？",
                     f"{leave}的天數上限是多少？",
@@ -363,7 +428,7 @@ def hr_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
                 path,
                 "請假程序",
                 s_notice,
-                f"{notice} 個工作日前在 {system} 提出。",
+                f"{notice} 個工作日前在 {system}提出。",
                 [
                     f"{leave}要提前多久申請？",
                     f"請{leave}需要在幾天前提出？在哪裡申請？",
