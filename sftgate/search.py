@@ -12,6 +12,7 @@ run, so another executor can run specs elsewhere and hand the outcomes back.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from rich.table import Table
 from sftgate.config import StrictModel, load_config
 from sftgate.contexts import load_contexts, write_contexts
 from sftgate.errors import InputError, Problem, SftgateError
-from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
+from sftgate.evaluate import META, PARTIAL_META, DecodeSettings, EvalConfig, evaluate
 from sftgate.fsutil import atomic_write_text
 from sftgate.hashing import sha256_file, sha256_json
 from sftgate.index import (
@@ -344,6 +345,21 @@ def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
     return [k for k, v in wanted.items() if meta.get(k) != v]
 
 
+def finished_evaluation(
+    eval_dir: Path, adapter_id: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(metrics, eval_meta) of a complete evaluation of this adapter in eval_dir, if there is one."""
+    if not (eval_dir / META).exists() or (eval_dir / PARTIAL_META).exists():
+        return None
+    meta = json.loads((eval_dir / META).read_text(encoding="utf-8"))
+    if meta.get("adapter_id") != adapter_id:
+        raise SftgateError(
+            f"{eval_dir} holds an evaluation of adapter {meta.get('adapter_id')}, not {adapter_id}; "
+            "delete the folder to evaluate this run again"
+        )
+    return json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")), meta
+
+
 def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) -> RunOutcome:
     """Do one run and return its outcome; any error (out of memory, NaN loss, a crash) is a
     failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
@@ -378,6 +394,21 @@ def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) ->
             )
             train_meta = train(config, progress=spec.progress).metadata
             train_s = time.perf_counter() - t0
+        assert train_meta is not None
+        finished = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
+        if finished is not None:  # killed after the evaluation, before the registry heard of it
+            metrics, eval_meta = finished
+            return RunOutcome(
+                spec.run_id,
+                spec.split,
+                "done",
+                metrics=metrics,
+                question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
+                train_meta=train_meta,
+                eval_meta=eval_meta,
+                train_s=train_s,
+                eval_s=eval_meta["wall_time_s"],
+            )
         if on_stage:
             on_stage("evaluating")
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import yaml
 from sftgate.cli import main
 from sftgate.errors import MismatchError
 from sftgate.registry import Registry
-from sftgate.search import search
+from sftgate.search import execute_run, search
 from tests.conftest import REPO, make_question, write_json
 
 # A short prompt in the documented format: tiny-qwen3 spends a token per byte, and the shipped
@@ -311,3 +311,25 @@ def test_gate_pass_runs_the_full_set_then_stops(tmp_path):
     assert "**Full set** (5 questions)" in (tmp_path / "work" / "report.md").read_text(
         encoding="utf-8"
     )
+
+
+@pytest.mark.slow
+def test_execute_run_reuses_its_adapter_and_refuses_a_stale_one(tmp_path):
+    from sftgate.search import load_study_config, pin_inputs, prepare_contexts, run_spec
+
+    config = load_study_config(make_project(tmp_path))
+    inputs = pin_inputs(config)
+    prepare_contexts(config, inputs)
+    run = {"id": "r0-0-test", "params": {"max_steps": 1}}
+    spec = run_spec(config, inputs, run, "gate", progress=False)
+    stages: list[str] = []
+    first = execute_run(spec, stages.append)
+    assert first.status == "done" and stages == ["training", "evaluating"]
+    assert first.train_s is not None and len(first.question_scores or []) == 3
+    again = execute_run(spec, stages.append)  # a restart after training had finished
+    assert again.status == "done" and again.train_s is None
+    assert again.train_meta == first.train_meta and again.metrics == first.metrics
+    other = run_spec(config, inputs, {**run, "params": {"max_steps": 2}}, "gate", progress=False)
+    stale = execute_run(other)
+    assert stale.status == "failed" and "other train_params" in (stale.failure or "")
+    assert "SftgateError" in (Path(spec.run_dir) / "failure-gate.txt").read_text(encoding="utf-8")
