@@ -20,11 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from sftgate.contexts import ContextsLine, ContextsMeta, ScoredPassage, write_contexts
+from sftgate.contexts import (
+    ContextsLine,
+    ContextsMeta,
+    ScoredPassage,
+    load_contexts,
+    resolve_passages,
+    write_contexts,
+)
 from sftgate.fsutil import atomic_write_jsonl
-from sftgate.questions import Question, load_questions
+from sftgate.questions import Passage, Question, load_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample"
@@ -74,7 +82,7 @@ def empty_output() -> dict[str, object]:
     return {"answer": "", "detailed_description": "", "original_evidence": [], "anchors": []}
 
 
-def first_passage_output(passages: list[ScoredPassage]) -> dict[str, object]:
+def first_passage_output(passages: Sequence[Passage]) -> dict[str, object]:
     first = passages[0]
     return {
         "answer": first.text,
@@ -91,8 +99,28 @@ def main() -> int:
     )
     parser.add_argument("--kb", default=str(SAMPLE / "kb"))
     parser.add_argument("--out", default=str(SAMPLE / "baselines"))
+    parser.add_argument(
+        "--contexts",
+        help="copy the first passage of this contexts file (e.g. BM25's) instead: writes only "
+        "first_passage.jsonl",
+    )
     args = parser.parse_args()
     qs = load_questions(args.questions)
+    if args.contexts:
+        passages, _ = resolve_passages(qs, load_contexts(args.contexts))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(
+            Path(args.out) / "first_passage.jsonl",
+            [
+                {
+                    "id": q.id,
+                    "output": json.dumps(first_passage_output(passages[q.id]), ensure_ascii=False),
+                }
+                for q in qs
+            ],
+        )
+        print(f"wrote {args.out}/first_passage.jsonl from {args.contexts} ({len(qs)})")
+        return 0
     kb, out = Path(args.kb), Path(args.out)
     first_doc = sorted(p.relative_to(kb).as_posix() for p in kb.rglob("*.md"))[0]
     fallback = ScoredPassage(source_path=first_doc, text=paragraphs(kb, first_doc)[0])
