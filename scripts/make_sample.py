@@ -170,7 +170,7 @@ def it_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
         s_contact = f"本服務的負責窗口為{owner}，分機 {ext}，服務時間為{hours}。"
         step_list = "\n".join(f"{n}. {s}" for n, s in enumerate(steps, 1))
         doc = Doc(path, f"{name}服務說明", "zh", intro)
-        doc.sections.append(("申請方式", [s_form + " " + s_days, "申請步驟如下：", step_list]))
+        doc.sections.append(("申請方式", [s_form + s_days, "申請步驟如下：", step_list]))
         doc.sections.append(
             (
                 "使用規範",
@@ -181,7 +181,7 @@ def it_docs(rng: random.Random) -> tuple[list[Doc], list[Fact]]:
                         [
                             f"請勿將{thing}借給他人使用；如發現異常登入，應立即通報資訊安全室。",
                             f"離職或調職時，{thing}將於最後工作日由系統自動停用。",
-                            f"使用{name}時應遵守《資訊安全政策》，禁止用於私人營利用途。",
+                            f"使用{' ' * name[0].isascii()}{name}時應遵守《資訊安全政策》，禁止用於私人營利用途。",
                         ]
                     ),
                 ],
@@ -1264,7 +1264,7 @@ def enrich(doc: Doc, rng: random.Random) -> None:
     doc.sections.insert(0, ("背景與適用範圍" if zh else "Background", paras[:2]))
     doc.sections.append(("補充說明" if zh else "Further notes", paras[2:]))
     cases = []
-    for _ in range(rng.randint(3, 4)):
+    for template in rng.sample(CASES_ZH if zh else CASES_EN, k=rng.randint(3, 4)):
         date = (
             f"2025 年 {rng.randint(1, 12)} 月 {rng.randint(1, 28)} 日"
             if zh
@@ -1272,7 +1272,7 @@ def enrich(doc: Doc, rng: random.Random) -> None:
         )
         who = rng.choice(PEOPLE) if zh else rng.choice(NAMES_EN)
         dept = rng.choice(DEPTS) if zh else rng.choice(DEPTS_EN)
-        cases.append(rng.choice(CASES_ZH if zh else CASES_EN).format(who=who, dept=dept, date=date))
+        cases.append(template.format(who=who, dept=dept, date=date))
     doc.sections.append(("案例說明" if zh else "Examples", cases))
     faq = rng.sample(FAQ[d], k=len(FAQ[d]))
     doc.sections.append(

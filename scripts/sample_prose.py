@@ -154,10 +154,15 @@ CASES_ZH = [
     "{who}（{dept}）於 {date}遇到相關需求，依本文件辦理後順利完成。過程中{who}事先確認了適用條件，避免了退件。",
     "舉例來說，{dept}的{who}在 {date}提出申請，因資料齊全，承辦人當天即完成初審。",
     "{date}，{dept}曾有同仁因未依規定辦理而被退回，後來在{who}協助下重新送件完成。",
+    "{who}（{dept}）在 {date}送出申請時漏填了成本中心代碼，系統自動退件；補填後隔天即完成簽核。",
+    "{date}，{dept}一次為五位新進同仁提出申請，承辦人建議改用批次申請功能，{who}之後的同類申請都改以批次辦理。",
+    "{dept}的{who}於 {date}才發現附件上傳錯誤，主管退回後重新上傳，整體進度延後了兩個工作天。",
 ]
 CASES_EN = [
     "For example, {who} from {dept} followed these steps on {date} and had the request completed without delay.",
     "On {date}, a request from {dept} was returned because a document was missing; {who} resubmitted it the same day.",
+    "{who} ({dept}) sent a request on {date} without the manager's approval attached; it was put on hold until the approval arrived two days later.",
+    "On {date}, {dept} asked for an exception ahead of a client visit; {who} recorded the reason and the exception was granted for one week.",
 ]
 DEPTS_EN = ["Sales", "Research & Development", "Finance", "Legal", "Customer Success"]
 NAMES_EN = ["Alice Chen", "Brian Lin", "Grace Wu", "Kevin Huang", "Monica Tsai"]
