@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
-from sftgate.generate import Generation, greedy_generate, length_batches
+from sftgate.generate import Generation, greedy_generate, length_batches, vllm_generate
 from sftgate.models import LoadedModel, Quantization, eos_token_ids, load_model
 from sftgate.prompt import DEFAULT_PROMPT, encode_prompt, load_prompt
 from sftgate.provenance import provenance
@@ -43,6 +43,11 @@ class DecodeSettings(StrictModel):
     )
     merge_check_questions: int = Field(
         4, ge=0, description="questions decoded both merged and unmerged to measure agreement"
+    )
+    engine: Literal["static", "hf", "vllm"] = Field(
+        "static",
+        description="static: sftgate's static-cache decoder (a CUDA graph per batch on a GPU, the "
+        "fastest measured); hf: transformers `generate`; vllm: vLLM if installed (not tested here)",
     )
 
 
@@ -102,8 +107,6 @@ def load_for_eval(
     Merged: the adapter merged into a full-precision copy of that base; for a 4-bit-trained adapter
     the NF4 weights are dequantised first, so the merged model computes what was trained.
     """
-    from dataclasses import replace
-
     from peft import PeftModel
 
     trained_4bit = bool(adapter_meta and adapter_meta.get("quantization") == "nf4-double-quant")
@@ -169,6 +172,16 @@ def evaluate(
             + " (pass --allow-mismatch to evaluate anyway; it is recorded)"
         )
     d = config.decode
+    if d.engine == "vllm" and config.adapter is not None and not d.merge:
+        raise InputError(
+            Problem(
+                config.adapter,
+                "",
+                "engine",
+                "--engine vllm decodes a merged model folder; it cannot use an unmerged adapter",
+                "drop --no-merge, or use --engine static",
+            )
+        )
     identity = {
         "model_id": config.model,
         "adapter_id": adapter_meta["adapter_id"] if adapter_meta else None,
@@ -242,14 +255,22 @@ def evaluate(
         open(pred_path, "a", encoding="utf-8") as f,
     ):
         task = bar.add_task("eval", total=len(ids), completed=len(done))
-        batches = greedy_generate(
-            model,
-            tokenizer,
-            prompts,
-            batch_size=d.batch_size,
-            max_new_tokens=d.max_new_tokens,
-            eos_ids=eos,
-            skip=lambda batch: all(ids[i] in done for i in batch),
+        batches = (
+            vllm_batches(
+                config, loaded, prompts, [i for i, q in enumerate(ids) if q not in done], eos
+            )
+            if d.engine == "vllm"
+            else greedy_generate(
+                model,
+                tokenizer,
+                prompts,
+                batch_size=d.batch_size,
+                max_new_tokens=d.max_new_tokens,
+                eos_ids=eos,
+                engine=d.engine,
+                cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
+                skip=lambda batch: all(ids[i] in done for i in batch),
+            )
         )
         for n, gens in enumerate(batches):
             fresh = [g for g in gens if ids[g.index] not in done]
@@ -296,6 +317,30 @@ def evaluate(
     return EvalResult(out, metrics, meta)
 
 
+def vllm_batches(
+    config: EvalConfig,
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    todo: list[int],
+    eos: list[int],
+) -> Iterator[list[Generation]]:
+    """The questions not yet done, decoded by vLLM in one call (it schedules its own batches). An
+    adapter is merged and saved under DIR/merged-model first, since vLLM loads a folder."""
+    source = config.model
+    if config.adapter is not None:
+        source = str(Path(config.out) / "merged-model")
+        loaded.model.save_pretrained(source)
+        loaded.tokenizer.save_pretrained(source)
+    gens = vllm_generate(
+        source,
+        loaded.tokenizer,
+        [prompts[i] for i in todo],
+        max_new_tokens=config.decode.max_new_tokens,
+        eos_ids=eos,
+    )
+    yield [replace(g, index=todo[g.index]) for g in gens]
+
+
 def row(qid: str, g: Generation) -> dict[str, Any]:
     return {
         "id": qid,
@@ -313,17 +358,23 @@ def merge_agreement(
     prompts: list[list[int]],
     eos: list[int],
 ) -> dict[str, Any]:
-    """Decode the first questions merged and unmerged (the adapter on the base as trained), in the
-    same batches, and report how often the outputs are identical."""
+    """Decode the first questions merged, unmerged (the adapter on the base as trained) and with the
+    adapter disabled (the base), in the same batches and with the same engine.
+
+    Agreement: merged == unmerged token for token (first divergence per question). Effect: a merge
+    that silently dropped the adapter would decode like the base, so when the adapter's weights are
+    non-trivial and the unmerged model differs from the base, the merged one must differ too.
+    """
     n = min(config.decode.merge_check_questions, len(prompts))
     unmerged = load_for_eval(
         config.model, config.adapter, adapter_meta, config.quantization, merged=False
     )
     sample = prompts[:n]
+    d = config.decode
+    engine = "hf" if d.engine == "hf" else "static"
 
-    def decode(model: Any) -> list[str]:
-        outs: dict[int, str] = {}
-        d = config.decode
+    def decode(model: Any) -> list[list[int]]:
+        outs: dict[int, list[int]] = {}
         for gens in greedy_generate(
             model,
             unmerged.tokenizer,
@@ -331,14 +382,39 @@ def merge_agreement(
             batch_size=d.batch_size,
             max_new_tokens=d.max_new_tokens,
             eos_ids=eos,
+            engine=engine,
+            cuda_graph=unmerged.device == "cuda" and not unmerged.quantized_4bit,
         ):
-            outs.update({g.index: g.text for g in gens})
+            outs.update({g.index: g.token_ids for g in gens})
         return [outs[i] for i in range(n)]
 
-    a, b = decode(merged_model), decode(unmerged.model)
-    same = [x == y for x, y in zip(a, b)]
+    merged, adapted = decode(merged_model), decode(unmerged.model)
+    with unmerged.model.disable_adapter():
+        base = decode(unmerged.model)
+    adapter_nontrivial = any(
+        bool(p.detach().abs().sum() > 0)
+        for name, p in unmerged.model.named_parameters()
+        if "lora_B" in name
+    )
+    divergence = [first_divergence(x, y) for x, y in zip(merged, adapted)]
+    merged_vs_base = sum(x != y for x, y in zip(merged, base))
+    adapted_vs_base = sum(x != y for x, y in zip(adapted, base))
     return {
         "questions": n,
-        "exact_match_rate": sum(same) / n if n else None,
-        "disagreeing": [i for i, ok in enumerate(same) if not ok],
+        "engine": engine,
+        "exact_match_rate": sum(v is None for v in divergence) / n if n else None,
+        "disagreeing": [i for i, v in enumerate(divergence) if v is not None],
+        "first_divergence_token": divergence,
+        "adapter_nontrivial": adapter_nontrivial,
+        "unmerged_differs_from_base": adapted_vs_base,
+        "merged_differs_from_base": merged_vs_base,
+        "adapter_effect_lost": adapter_nontrivial and adapted_vs_base > 0 and merged_vs_base == 0,
     }
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """The first token position where two outputs differ (a length difference counts); None if equal."""
+    for j, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return j
+    return None if len(a) == len(b) else min(len(a), len(b))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+Engine = Literal["static", "hf"]
 
 
 @dataclass(frozen=True)
@@ -74,22 +76,237 @@ def greedy_generate(
     batch_size: int,
     max_new_tokens: int,
     eos_ids: Sequence[int],
+    engine: Engine = "static",
+    cuda_graph: bool = False,
     skip: Callable[[list[int]], bool] = lambda batch: False,
 ) -> Iterator[list[Generation]]:
-    """Yield each batch's generations as it finishes; `skip(batch_indices)` skips finished batches."""
+    """Yield each batch's generations as it finishes; `skip(batch_indices)` skips finished batches.
+
+    engine "static": `static_generate_batch` (CUDA graph when `cuda_graph`); "hf": `generate`.
+    Both are greedy over the same left-padded batches and give the same tokens (tested on CPU)."""
     for batch in length_batches([len(p) for p in prompts], batch_size):
         if skip(batch):
             continue
-        outs = generate_batch(
-            model,
-            tokenizer,
-            [prompts[i] for i in batch],
-            max_new_tokens=max_new_tokens,
-            eos_ids=eos_ids,
-        )
+        batch_prompts = [prompts[i] for i in batch]
+        if engine == "static":
+            outs = static_generate_batch(
+                model,
+                batch_prompts,
+                max_new_tokens=max_new_tokens,
+                eos_ids=eos_ids,
+                pad_id=tokenizer.pad_token_id,
+                cuda_graph=cuda_graph,
+            )
+        else:
+            outs = generate_batch(
+                model, tokenizer, batch_prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids
+            )
         yield [
             Generation(
                 i, toks, tokenizer.decode(toks, skip_special_tokens=False), len(prompts[i]), finish
             )
             for i, (toks, finish) in zip(batch, outs)
         ]
+
+
+# --- the static decoder: one preallocated KV cache per batch, one-token steps in a CUDA graph ---
+
+PACKED_ATTENTION = "sftgate_packed_sdpa"
+
+
+def packed_gqa_sdpa(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Attention for the static decoder. A one-token step with a padding mask runs on the key/value
+    heads directly (the query heads of a group become that group's query rows), so the KV cache is
+    read once per step instead of being copied n_rep times by `repeat_kv`; prefill is transformers'
+    sdpa unchanged."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1 or heads == kv_heads:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    q = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, key, value, attn_mask=attention_mask, scale=scaling
+    )
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_gqa_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+
+
+def static_generate_batch(
+    model: Any,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    cuda_graph: bool,
+    stop_check_every: int = 16,
+) -> list[tuple[list[int], str]]:
+    """Greedy-decode one left-padded batch with a static KV cache; same contract as `generate_batch`.
+
+    Prefill is one forward pass over the padded prompts (position ids and mask as `generate` makes
+    them). Each decode step is a fixed-shape function of preallocated tensors (the next token, its
+    position, the cache slot, the mask over the whole cache) that also advances them, so on CUDA it
+    is captured once as a graph and replayed: no Python or kernel-launch cost per token. Finished
+    rows keep decoding (their tokens are cut at the first end of turn); every `stop_check_every`
+    steps the loop stops once every row has ended.
+    """
+    import torch
+    from transformers import StaticCache
+
+    _register_packed_attention()
+    device = next(model.parameters()).device
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    cache_len = width + max_new_tokens
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = mask.cumsum(-1) - 1
+    positions.masked_fill_(mask == 0, 1)
+    config = model.config
+    previous_attention = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        with torch.inference_mode():
+            cache = StaticCache(config=config, max_cache_len=cache_len)
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                cache_position=torch.arange(width, device=device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
+            out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+            out[:, 0] = logits[:, -1].argmax(-1)
+            token = out[:, :1].clone()
+            position = mask.sum(-1, keepdim=True)
+            slot = torch.tensor([width], device=device)
+            step = torch.tensor([1], device=device)
+            allowed = torch.ones((batch, cache_len), dtype=torch.bool, device=device)
+            allowed[:, :width] = mask.bool()
+            span = torch.arange(cache_len, device=device)
+            eos = torch.tensor(list(eos_ids) or [-1], device=device)
+
+            def decode_step() -> None:
+                visible = (allowed & (span <= slot))[:, None, None, :]
+                logits = model(
+                    input_ids=token,
+                    attention_mask=visible,
+                    position_ids=position,
+                    past_key_values=cache,
+                    cache_position=slot,
+                    use_cache=True,
+                ).logits
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                out.index_copy_(1, step, nxt)
+                token.copy_(nxt)
+                position.add_(1)
+                slot.add_(1)
+                step.add_(1)
+
+            def all_ended(done_steps: int) -> bool:
+                return bool(torch.isin(out[:, :done_steps], eos).any(-1).all())
+
+            steps_left = max_new_tokens - 1
+            warmup = min(steps_left, 2 if cuda_graph else steps_left)
+            done = 1
+            if cuda_graph:
+                # warm-up steps are real steps (run eagerly on a side stream, as capture requires)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):
+                        decode_step()
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                warmup = 0
+            done += warmup
+            graph = None
+            if cuda_graph and done < max_new_tokens:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    decode_step()  # recorded, not run
+            while done < max_new_tokens:
+                if done % stop_check_every == 0 and all_ended(done):
+                    break
+                if graph is not None:
+                    graph.replay()
+                else:
+                    decode_step()
+                done += 1
+            rows = out[:, :done].tolist()
+            del graph
+    finally:
+        config._attn_implementation = previous_attention
+    stop = set(eos_ids)
+    results = []
+    for row in rows:
+        end = next((j for j, t in enumerate(row) if t in stop), None)
+        results.append((row[:end], "stop") if end is not None else (row, "length"))
+    return results
+
+
+def vllm_generate(
+    model_dir: str,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+) -> list[Generation]:
+    """Greedy decoding with vLLM (optional; imported only here). `model_dir` is a hub id or a saved
+    (merged) model folder. Same token ids in, same Generation rows out as the other engines."""
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError as e:
+        from sftgate.errors import SftgateError
+
+        raise SftgateError(
+            f"--engine vllm needs vLLM ({e}); install it (`pip install vllm`) or use --engine static"
+        ) from e
+    llm = LLM(model=model_dir, dtype="bfloat16", seed=0)
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=max_new_tokens,
+        stop_token_ids=list(eos_ids),
+        skip_special_tokens=False,
+    )
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+    stop = set(eos_ids)
+    gens = []
+    for i, o in enumerate(outputs):
+        toks = list(o.outputs[0].token_ids)
+        end = next((j for j, t in enumerate(toks) if t in stop), None)
+        toks, finish = (toks[:end], "stop") if end is not None else (toks, "length")
+        gens.append(
+            Generation(
+                i, toks, tokenizer.decode(toks, skip_special_tokens=False), len(prompts[i]), finish
+            )
+        )
+    return gens

@@ -9,7 +9,7 @@ import pytest
 from sftgate.cli import main
 from sftgate.errors import MismatchError
 from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate, load_for_eval
-from sftgate.generate import generate_batch, length_batches
+from sftgate.generate import generate_batch, length_batches, static_generate_batch
 from sftgate.models import eos_token_ids, load_model
 from sftgate.params import TrainParams
 from sftgate.train import TrainConfig, train
@@ -74,6 +74,29 @@ def test_left_padded_batches_equal_one_by_one_greedy():
     ]
     assert batched == single
     assert sum(len(toks) for toks, _ in batched) > 30  # real decoding happened, not instant stops
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 20])
+def test_static_decoder_equals_generate_one_by_one(max_new_tokens):
+    m = load_model("tiny-qwen3")
+    rng = random.Random(1)
+    prompts = [[rng.randrange(0, 256) for _ in range(n)] for n in (40, 25, 33, 10, 57)]
+    eos = eos_token_ids(m.tokenizer, m.model)
+    static = static_generate_batch(
+        m.model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos,
+        pad_id=m.tokenizer.pad_token_id,
+        cuda_graph=False,
+        stop_check_every=4,
+    )
+    single = [
+        generate_batch(m.model, m.tokenizer, [p], max_new_tokens=max_new_tokens, eos_ids=eos)[0]
+        for p in prompts
+    ]
+    assert static == single
+    assert m.model.config._attn_implementation == "sdpa"  # restored after decoding
 
 
 def test_base_model_eval_writes_all_files(tmp_path):
@@ -148,7 +171,11 @@ def test_mismatch_refused_then_allowed_and_recorded(tmp_path, adapter):
 
 def test_merged_equals_unmerged_and_differs_from_base(tmp_path, adapter):
     result = evaluate(eval_config(tmp_path, adapter, merge_check_questions=3), progress=False)
-    assert result.meta["merged"] and result.meta["merge_check"]["exact_match_rate"] == 1.0
+    check = result.meta["merge_check"]
+    assert result.meta["merged"] and check["exact_match_rate"] == 1.0
+    assert check["first_divergence_token"] == [None, None, None]
+    assert check["adapter_nontrivial"] and check["merged_differs_from_base"] > 0
+    assert not check["adapter_effect_lost"]
     base = evaluate(eval_config(tmp_path / "base", None), progress=False)
     merged_out = (result.out_dir / "predictions.jsonl").read_text()
     assert (

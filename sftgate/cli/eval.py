@@ -13,7 +13,10 @@ from sftgate.prompt import DEFAULT_PROMPT
 
 def run(args: argparse.Namespace) -> int:
     decode = DecodeSettings(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, merge=args.merge
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        merge=args.merge,
+        engine=args.engine,
     )
     config = EvalConfig(
         model=args.model,
@@ -35,10 +38,15 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"{m['generated_tokens']} tokens generated in {m['wall_time_s']} s ({m['tokens_per_s']} tokens/s) -> {result.out_dir}"
     )
-    if m["merge_check"]:
+    check = m["merge_check"]
+    if check:
         console.print(
-            f"merge check: merged and unmerged outputs identical on {m['merge_check']['exact_match_rate']:.0%} of {m['merge_check']['questions']} questions"
+            f"merge check: merged and unmerged outputs identical on {check['exact_match_rate']:.0%} of {check['questions']} questions"
         )
+        if check["adapter_effect_lost"]:
+            console.print(
+                "[red]merge check: the merged model decodes like the base although the adapter changes the outputs; rerun with --no-merge[/red]"
+            )
     return 0
 
 
@@ -65,6 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.merge,
         help="merge the adapter before decoding",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["static", "hf", "vllm"],
+        default=d.engine,
+        help="static: static KV cache + CUDA graph per batch (fastest measured); hf: transformers generate; vllm: if installed",
     )
     p.add_argument(
         "--allow-mismatch",
