@@ -157,8 +157,9 @@ def _score(run: RunRecord) -> float:
 
 def score_gap(a: RunRecord, b: RunRecord) -> float:
     """How many eval_score points a is ahead of b: paired mean difference where both have
-    per-question scores on the same questions, else the difference of the averages."""
-    if a.per_question and b.per_question and set(a.per_question) == set(b.per_question):
+    per-question scores (on other questions: MismatchError, runs are only compared on one gate
+    set), else the difference of the averages."""
+    if a.per_question and b.per_question:
         from sftgate.scoring import QuestionScore
 
         def qs(run: RunRecord) -> list[QuestionScore]:

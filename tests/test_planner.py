@@ -7,6 +7,7 @@ import json
 import pytest
 
 from sftgate.cli import main
+from sftgate.errors import MismatchError
 from sftgate.params import TrainParams
 from sftgate.planner import History, Policy, Thresholds, plan_next
 
@@ -461,3 +462,15 @@ def test_oscillation_needs_the_schema_to_pass():
     )
     d = plan_next(hist(*rounds))
     assert (d.action, d.round, d.selected_run) == ("train", 3, "b2")
+
+
+def test_runs_scored_on_other_questions_are_not_compared():
+    h = hist(
+        SMOKE_OK,
+        [
+            run("b", BASE, 90.2, per_question={"q0": 90.2}),
+            run("c", CONS, 90.0, per_question={"x9": 90.0}),
+        ],
+    )
+    with pytest.raises(MismatchError, match="same questions"):
+        plan_next(h)
