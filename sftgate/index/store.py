@@ -363,9 +363,11 @@ def _write(
     except BaseException:
         shutil.rmtree(data, ignore_errors=True)
         raise
-    for stale in out.iterdir():  # the previous data folder, and any left by a crashed build
+    for stale in out.iterdir():  # the previous data folder, and what a crashed build left
         if stale.name.startswith("data-") and stale != data:
             shutil.rmtree(stale, ignore_errors=True)
+        elif stale.name.startswith(f".{MANIFEST}."):
+            stale.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- load
