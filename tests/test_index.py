@@ -458,6 +458,7 @@ def test_cli_build_query_retrieve_eval(tmp_path, capsys):
     ("argv", "message"),
     [
         (["build", "--corpus", "{tmp}/nope", "--out", "{tmp}/i"], "the corpus does not exist"),
+        (["build", "--corpus", "{tmp}/[draft]", "--out", "{tmp}/i"], "[draft]: the corpus does"),
         (
             ["build", "--corpus", "{kb}", "--out", "{tmp}/i", "--overlap-chars", "600"],
             "overlap_chars must be smaller",

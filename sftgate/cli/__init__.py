@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from sftgate import __version__
 from sftgate.cli import data, eval, index, init, plan, score, study, train, validate
@@ -43,12 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         for problem in e.problems:
-            err_console.print(f"[red]error:[/red] {problem}", markup=True, highlight=False)
+            err_console.print(f"[red]error:[/red] {escape(str(problem))}", highlight=False)
         return e.exit_code
     except SftgateError as e:
         if args.debug:
             raise
-        err_console.print(f"[red]error:[/red] {e}")
+        err_console.print(f"[red]error:[/red] {escape(str(e))}")
         return e.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
