@@ -156,6 +156,11 @@ def main() -> None:
     ap.add_argument(
         "--budget-s", type=float, default=480.0, help="skip the remaining variants after this"
     )
+    ap.add_argument(
+        "--static-only",
+        action="store_true",
+        help="only sftgate's decoder (the baselines measured before)",
+    )
     args = ap.parse_args()
     began = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
@@ -248,15 +253,16 @@ def main() -> None:
     static_generate_batch(
         model, gate[:4], max_new_tokens=4, eos_ids=[], pad_id=0, cuda_graph=device == "cuda"
     )
-    measure(
-        f"hf-dynamic-bs{bs}",
-        gate,
-        bs,
-        lambda: run_generate(model, gate, bs, new_tokens, device),
-        None,
-        "stock: generate, default dynamic cache",
-        keep=True,
-    )
+    if not args.static_only:
+        measure(
+            f"hf-dynamic-bs{bs}",
+            gate,
+            bs,
+            lambda: run_generate(model, gate, bs, new_tokens, device),
+            None,
+            "stock: generate, default dynamic cache",
+            keep=True,
+        )
     ref = f"hf-dynamic-bs{bs}"
     if device == "cuda":
         measure(
@@ -286,6 +292,10 @@ def main() -> None:
             None,
             f"the full set: {len(full)} prompts",
         )
+    if args.static_only:
+        result["total_s"] = round(time.perf_counter() - began, 1)
+        save()
+        return
     small = 64 if not args.tiny else 3
     measure(
         f"hf-dynamic-bs{small}",

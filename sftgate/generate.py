@@ -177,7 +177,9 @@ def static_generate_batch(
     _register_packed_attention()
     device = next(model.parameters()).device
     batch, width = len(prompts), max(len(p) for p in prompts)
-    cache_len = width + max_new_tokens
+    # a cache (and mask) length that is a multiple of 64 keeps sdpa on its fused kernels; the
+    # extra slots are never visible (the mask hides every slot after the current one)
+    cache_len = -(-(width + max_new_tokens) // 64) * 64
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
     for i, p in enumerate(prompts):
