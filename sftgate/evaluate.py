@@ -19,7 +19,13 @@ from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
-from sftgate.generate import Generation, greedy_generate, length_batches, vllm_generate
+from sftgate.generate import (
+    Engine,
+    Generation,
+    greedy_generate,
+    length_batches,
+    vllm_generate,
+)
 from sftgate.models import LoadedModel, Quantization, eos_token_ids, load_model
 from sftgate.prompt import DEFAULT_PROMPT, encode_prompt, load_prompt
 from sftgate.provenance import provenance
@@ -371,7 +377,7 @@ def merge_agreement(
     )
     sample = prompts[:n]
     d = config.decode
-    engine = "hf" if d.engine == "hf" else "static"
+    engine: Engine = "hf" if d.engine == "hf" else "static"
 
     def decode(model: Any) -> list[list[int]]:
         outs: dict[int, list[int]] = {}
