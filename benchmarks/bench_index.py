@@ -38,6 +38,7 @@ from typing import Any
 import bm25s
 import numpy as np
 
+from sftgate.hashing import sha256_json, sha256_text
 from sftgate.index import (
     Hit,
     IndexSettings,
@@ -48,6 +49,7 @@ from sftgate.index import (
     read_corpus,
 )
 from sftgate.index.evaluate import judge
+from sftgate.provenance import git_state
 from sftgate.questions import Question, load_questions
 from sftgate.textnorm import nfkc_lower
 
@@ -310,6 +312,13 @@ def main() -> None:
         "libraries": {
             name: metadata.version(name) for name in ["sftgate", "bm25s", "rank-bm25", "numpy"]
         },
+    }
+    result["sample"] = {
+        "git": git_state(ROOT),
+        "kb_sha256": sha256_json(
+            sorted((d.source_path, sha256_text(d.text)) for d in read_corpus(KB).documents)
+        ),
+        "question_v2_eval_set_version": load_questions(DOCS / "question_v2.json").version,
     }
     if not args.skip_variants:
         sample_qs = [
