@@ -1,9 +1,13 @@
 """`sftgate train`: QLoRA (or LoRA) supervised fine-tuning on the eval JSON v2 task.
 
-The loop is written out (PEFT for the adapter, transformers for the model and scheduler, a plain
-PyTorch optimiser step), over pre-tokenised examples whose prompt tokens come from
-`sftgate.prompt.encode_prompt`, the same function evaluation uses; the loss covers completion
-tokens only.
+The loop is written out: PEFT adds the adapter, transformers supplies the model and the
+scheduler, a plain PyTorch AdamW steps. Examples are tokenised once, up front, with prompt tokens
+from `sftgate.prompt.encode_prompt` (the function evaluation uses); the loss covers completion
+tokens only, and only their logits are computed.
+
+On CUDA the defaults are the settings measured fastest in `benchmarks/README.md`: the 4-bit base
+keeps bf16 norms and embeddings (no fp32 upcast), Liger kernels, padding-free batches, fused
+AdamW, and gradient checkpointing only when a probe step shows that memory needs it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +32,7 @@ from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError
 from sftgate.fsutil import atomic_write_json
-from sftgate.models import Quantization, load_model
+from sftgate.models import LoadedModel, Quantization, load_model
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
@@ -34,6 +41,7 @@ from sftgate.targets import reference_completion
 
 METADATA_FILE = "sftgate_train.json"
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
+IGNORE = -100  # target id that the loss skips
 
 
 class TrainConfig(StrictModel):
@@ -48,7 +56,26 @@ class TrainConfig(StrictModel):
     prompt: str = Field(DEFAULT_PROMPT, description="the prompt template file")
     out: str = Field(description="adapter folder to write")
     gradient_checkpointing: bool | None = Field(
-        None, description="None: on for 4-bit CUDA training (saves memory, costs ~40% speed)"
+        None,
+        description="None (auto): on CUDA, off when a probe step without it fits in "
+        "max_memory_gib (about 1.4x faster), else on; off on CPU",
+    )
+    max_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="GPU memory the auto checkpointing choice may plan for; None: 90% of what "
+        "is free on the card",
+    )
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto",
+        description="auto: Liger kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy) on "
+        "CUDA when liger-kernel is installed and supports the model type; none otherwise",
+    )
+    padding_free: bool | None = Field(
+        None,
+        description="pack a step's examples into one row, attention kept within each example (no "
+        "padding tokens); false pads them to the longest; None (auto): on unless the model has "
+        "sliding-window layers",
     )
     params: TrainParams = Field(default_factory=TrainParams)
 
@@ -142,19 +169,327 @@ def tokenize_examples(
     return out
 
 
-def collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch on the device. Logits are computed only at the `keep` positions."""
+
+    inputs: dict[str, Any]  # input_ids + position_ids + segments (packed), or attention_mask
+    keep: Any  # 1-D LongTensor: positions whose next token is a completion token
+    targets: Any  # (rows, len(keep)) next-token ids, IGNORE where a row has none there
+    tokens: int  # real tokens, padding excluded
+
+
+def make_batch(
+    examples: Sequence[Example],
+    pad_id: int,
+    *,
+    padding_free: bool,
+    device: str,
+    pad_to_multiple: int = 1,
+) -> Batch:
+    """Tensors for one micro-batch.
+
+    Padding-free: the examples are concatenated into one row, `position_ids` restart at 0 for
+    each, and `segments` gives each example's span, which `segment_attention` uses to attend
+    within each example only; no compute goes to padding. Padded: right-padded rows with an
+    attention mask. `pad_to_multiple` rounds the token count (and the number of loss positions)
+    up with a filler segment that nothing attends to and no loss covers: GPU matrix kernels are
+    slower on odd sizes.
+    """
     import torch
 
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
+    # Position p predicts token p + 1; completion tokens are prompt_len .. n-1.
+    if padding_free:
+        ids = [t for e in examples for t in e.input_ids]
+        positions = [i for e in examples for i in range(len(e.input_ids))]
+        keep: list[int] = []
+        targets: list[int] = []
+        segments = []
+        offset = 0
+        for e in examples:
+            n = len(e.input_ids)
+            keep.extend(range(offset + e.prompt_len - 1, offset + n - 1))
+            targets.extend(e.input_ids[e.prompt_len :])
+            segments.append((offset, offset + n))
+            offset += n
+        if fill := -offset % pad_to_multiple:
+            ids += [pad_id] * fill
+            positions += range(fill)
+            segments.append((offset, offset + fill))
+        if fill := -len(keep) % pad_to_multiple:
+            keep += [0] * fill
+            targets += [IGNORE] * fill
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([ids], device=device)}
+        if len(segments) > 1:
+            # Positions restart per example. (For one example transformers counts 0..n-1 itself
+            # and skips its packed-sequence check, which waits for the GPU.)
+            inputs["position_ids"] = torch.tensor([positions], device=device)
+            inputs["segments"] = tuple(segments)
+        return Batch(
+            inputs,
+            torch.tensor(keep, device=device),
+            torch.tensor([targets], device=device),
+            offset,
+        )
+    width = max(len(e.input_ids) for e in examples)
+    width += -width % pad_to_multiple
+    first = min(e.prompt_len for e in examples) - 1
+    last = max(len(e.input_ids) for e in examples) - 1
+    ids_t = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    targets_t = torch.full((len(examples), last - first), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
+        ids_t[i, :n] = torch.tensor(e.input_ids)
         mask[i, :n] = 1
-        labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        targets_t[i, e.prompt_len - 1 - first : n - 1 - first] = ids_t[i, e.prompt_len : n]
+    return Batch(
+        {"input_ids": ids_t.to(device), "attention_mask": mask.to(device)},
+        torch.arange(first, last, device=device),
+        targets_t.to(device),
+        int(mask.sum()),
+    )
+
+
+SEGMENT_ATTENTION = "sftgate_segments"
+
+
+def segment_sdpa(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    *,
+    segments: Sequence[tuple[int, int]] | None = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Causal attention within each packed example: one SDPA call per segment.
+
+    Padding-free batches need attention that stops at example boundaries. SDPA with a
+    block-diagonal mask computes every block of the whole pack (8x the attention work for 8
+    examples) on a slower kernel; a causal call per segment runs the flash kernel on exactly the
+    needed blocks. Same result as the padded batch (tests/test_train.py).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if segments is None:  # one example: plain causal attention
+        segments = [(0, query.shape[2])]
+    if sliding_window is not None and max(e - s for s, e in segments) > sliding_window:
+        raise InputError(
+            Problem(
+                "config",
+                "",
+                "padding_free",
+                f"the model uses sliding-window attention ({sliding_window} tokens), which "
+                "padding-free batches do not implement",
+                "set padding_free: false",
+            )
+        )
+    out = [
+        F.scaled_dot_product_attention(
+            query[:, :, s:e],
+            key[:, :, s:e],
+            value[:, :, s:e],
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
+        for s, e in segments
+    ]
+    return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None  # segment_sdpa needs no mask tensor: the segments are the mask
+
+
+@contextmanager
+def segment_attention(model: Any) -> Iterator[None]:
+    """`model` attends with `segment_sdpa` inside the block, its own attention after it."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_sdpa)
+    AttentionMaskInterface.register(SEGMENT_ATTENTION, _no_mask)
+    before = model.config._attn_implementation
+    model.set_attn_implementation(SEGMENT_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def completion_loss(model: Any, batch: Batch, *, fused: bool) -> Any:
+    """Mean cross-entropy over the batch's completion tokens.
+
+    The model computes logits only at `batch.keep` (`logits_to_keep`), so the prompt's positions
+    never touch the vocabulary-sized output layer. With Liger's fused linear cross-entropy
+    (`fused`) not even those logits are materialised.
+    """
+    import torch.nn.functional as F
+
+    if fused:
+        # Liger's forward takes targets already aligned with the kept positions.
+        return model(**batch.inputs, logits_to_keep=batch.keep, shift_labels=batch.targets).loss
+    logits = model(**batch.inputs, logits_to_keep=batch.keep).logits
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE
+    )
+
+
+@dataclass(frozen=True)
+class Machinery:
+    """How a run trained, resolved from the config and the device; recorded in the metadata."""
+
+    loop: str
+    compute_dtype: str
+    kernels: Literal["liger", "none"]
+    kernels_reason: str
+    padding_free: bool
+    attention: str
+    gradient_checkpointing: bool
+    gradient_checkpointing_reason: str
+    optimizer: str
+    adapter_dtype: str
+
+
+def resolve_kernels(
+    config: TrainConfig, loaded: LoadedModel
+) -> tuple[Literal["liger", "none"], str]:
+    if config.kernels == "none":
+        return "none", "kernels: none"
+    if config.kernels == "auto" and loaded.device != "cuda":
+        return "none", "auto: Liger kernels need CUDA"
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        if config.kernels == "liger":
+            raise InputError(
+                Problem(
+                    "config",
+                    "",
+                    "kernels",
+                    "liger-kernel is not installed",
+                    "pip install 'sftgate[gpu]', or set kernels: none",
+                )
+            ) from None
+        return "none", "auto: liger-kernel is not installed (pip install 'sftgate[gpu]')"
+    model_type = loaded.model.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        if config.kernels == "liger":
+            raise InputError(
+                Problem(
+                    "config",
+                    "",
+                    "kernels",
+                    f"Liger has no kernels for model type {model_type!r}",
+                    "set kernels: none",
+                )
+            )
+        return "none", f"auto: Liger does not support model type {model_type!r}"
+    return "liger", f"{config.kernels}: CUDA, model type {model_type!r}"
+
+
+@contextmanager
+def liger_kernels(model: Any) -> Iterator[None]:
+    """Liger's Triton kernels patched into `model`: RMSNorm, SwiGLU, RoPE, fused linear CE.
+
+    Liger also rebinds names in the model's transformers module (the RoPE function, the RMSNorm
+    and MLP classes), which would reach every model built later in this process; they are put
+    back on exit, so `train` leaves no global state behind.
+    """
+    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+    module = sys.modules[type(model).__module__]
+    saved = dict(vars(module))
+    try:
+        _apply_liger_kernel_to_instance(
+            model=model,
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,  # True would patch torch's cross_entropy for everyone
+            fused_linear_cross_entropy=True,
+        )
+        yield
+    finally:
+        for name in set(vars(module)) - set(saved):
+            delattr(module, name)
+        for name, value in saved.items():
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
+
+
+def set_checkpointing(model: Any, on: bool) -> None:
+    """Per-layer activation checkpointing (non-reentrant: frozen inputs need no grad hooks)."""
+    with warnings.catch_warnings():
+        # transformers 5.2x renames these to activation_checkpointing_*; both names work.
+        warnings.simplefilter("ignore", FutureWarning)
+        if on:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            model.gradient_checkpointing_disable()
+
+
+def add_lora(model: Any, params: TrainParams, *, adapter_dtype: Any = None) -> Any:
+    """LoRA on every linear projection (not the output layer); the base stays frozen.
+
+    No `prepare_model_for_kbit_training`: it upcasts norms and the (tied) embedding to fp32,
+    which runs the residual stream, attention and the output layer in fp32 for no gain here
+    (benchmarks/README.md). The adapter stays fp32 (PEFT's default). `adapter_dtype` (the
+    benchmark's lever) casts it, e.g. to bf16 as TRL does for QLoRA: faster on fixed-length
+    batches, but measured 2x slower on variable-length packed batches, so not the default.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(params.seed)
+    lora = LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model.config.use_cache = False
+    peft_model = get_peft_model(model, lora)
+    if adapter_dtype is not None:
+        for t in peft_model.parameters():
+            if t.requires_grad:
+                t.data = t.data.to(adapter_dtype)
+    return peft_model
+
+
+def probe_peak_bytes(model: Any, batch: Batch, *, fused: bool) -> int | None:
+    """Peak GPU memory of one forward+backward on `batch`, or None if it ran out of memory."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        completion_loss(model, batch, fused=fused).backward()
+        torch.cuda.synchronize()
+        peak: int | None = torch.cuda.max_memory_allocated()
+    except torch.OutOfMemoryError:
+        peak = None
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    return peak
+
+
+def uses_sliding_window(model_config: Any) -> bool:
+    # Configs without `layer_types` (older architectures) have full attention in every layer.
+    return "sliding_attention" in (getattr(model_config, "layer_types", None) or ())
+
+
+def longest_batch(examples: Sequence[Example], batch_size: int) -> list[Example]:
+    return sorted(examples, key=lambda e: len(e.input_ids), reverse=True)[:batch_size]
 
 
 @dataclass(frozen=True)
@@ -169,7 +504,6 @@ class TrainingFailed(SftgateError):
 
 def train(config: TrainConfig, *, progress: bool = True, device: str | None = None) -> TrainResult:
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from rich.progress import (
         BarColumn,
         Progress,
@@ -196,9 +530,18 @@ def train(config: TrainConfig, *, progress: bool = True, device: str | None = No
             )
         )
 
+    started_total = time.perf_counter()
     loaded = load_model(config.model, quantization=config.quantization, device=device)
-    tokenizer, model = loaded.tokenizer, loaded.model
+    tokenizer = loaded.tokenizer
     data = tokenize_examples(tokenizer, template, questions.questions, passages, p.max_length)
+    if data.dropped:
+        named = ", ".join(data.dropped[:10]) + (" ..." if len(data.dropped) > 10 else "")
+        warnings.warn(
+            f"{len(data.dropped)} of {len(questions.questions)} examples left out: longer than "
+            f"max_length={p.max_length} tokens even without passages: {named} (all of them are "
+            "listed in the adapter's metadata, examples_dropped)",
+            stacklevel=2,
+        )
     if not data.examples:
         raise InputError(
             Problem(
@@ -209,78 +552,119 @@ def train(config: TrainConfig, *, progress: bool = True, device: str | None = No
                 "raise max_length",
             )
         )
-    checkpointing = (
-        config.gradient_checkpointing
-        if config.gradient_checkpointing is not None
-        else (loaded.quantized_4bit and loaded.device == "cuda")
-    )
-    if loaded.quantized_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    elif checkpointing:
-        model.gradient_checkpointing_enable()
-    torch.manual_seed(p.seed)
-    lora = LoraConfig(
-        r=p.lora_r,
-        lora_alpha=p.lora_alpha,
-        lora_dropout=p.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    trainable = [t for t in model.parameters() if t.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0)
-    scheduler = get_scheduler(
-        p.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
-        num_training_steps=p.max_steps,
-    )
 
-    rng = random.Random(p.seed)
-    order: list[Example] = []
-    losses: list[float] = []
-    tokens_seen = 0
-    model.train()
-    if loaded.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    columns = [
-        TextColumn("[bold]train[/bold]"),
-        BarColumn(),
-        TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("train", total=p.max_steps, loss="-")
-        for _step in range(p.max_steps):
-            step_loss = 0.0
-            for _ in range(p.grad_accum_steps):
-                if len(order) < p.batch_size:
-                    epoch = list(data.examples)
-                    rng.shuffle(epoch)
-                    order.extend(epoch)
-                batch, order = order[: p.batch_size], order[p.batch_size :]
-                inputs = {
-                    k: v.to(loaded.device)
-                    for k, v in collate(batch, tokenizer.pad_token_id).items()
-                }
-                loss = model(**inputs).loss / p.grad_accum_steps
-                loss.backward()
-                step_loss += float(loss.detach())
-                tokens_seen += int(inputs["attention_mask"].sum())
-            if not math.isfinite(step_loss):
-                raise TrainingFailed(
-                    f"loss is {step_loss} at step {len(losses) + 1}; lower lr (now {p.lr}) or check the data"
-                )
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(round(step_loss, 6))
-            bar.update(task, advance=1, loss=f"{step_loss:.4f}")
-    wall = time.perf_counter() - started
+    cuda = loaded.device == "cuda"
+    kernels, kernels_reason = resolve_kernels(config, loaded)
+    padding_free = (
+        config.padding_free
+        if config.padding_free is not None
+        else not uses_sliding_window(loaded.model.config)
+    )
+    with ExitStack() as patches:
+        if kernels == "liger":
+            patches.enter_context(liger_kernels(loaded.model))
+        if padding_free:
+            patches.enter_context(segment_attention(loaded.model))
+        model = add_lora(loaded.model, p)
+        fused = kernels == "liger"
+        trainable = [t for t in model.parameters() if t.requires_grad]
+        probe_peak = None
+        if config.gradient_checkpointing is not None:
+            checkpointing = config.gradient_checkpointing
+            reason = f"gradient_checkpointing: {str(checkpointing).lower()}"
+        elif not cuda:
+            checkpointing, reason = False, "auto: off on CPU"
+        else:
+            model.train()
+            free, _ = torch.cuda.mem_get_info()
+            budget = (
+                config.max_memory_gib * 2**30
+                if config.max_memory_gib is not None
+                else 0.9 * (free + torch.cuda.memory_reserved())
+            )
+            probe = make_batch(
+                longest_batch(data.examples, p.batch_size),
+                tokenizer.pad_token_id,
+                padding_free=padding_free,
+                device=loaded.device,
+            )
+            probe_peak = probe_peak_bytes(model, probe, fused=fused)
+            # AdamW's two fp32 moments are allocated at the first step, after the probe.
+            need = (
+                None if probe_peak is None else probe_peak + sum(8 * t.numel() for t in trainable)
+            )
+            checkpointing = need is None or need > budget
+            without = "ran out of memory" if need is None else f"needs {need / 2**30:.1f} GiB"
+            reason = f"auto: a step without it {without}, budget {budget / 2**30:.1f} GiB"
+        set_checkpointing(model, checkpointing)
+        machinery = Machinery(
+            loop="plain PyTorch loop over pre-tokenised examples (PEFT LoRA, transformers model)",
+            compute_dtype=str(loaded.model.dtype).removeprefix("torch."),
+            kernels=kernels,
+            kernels_reason=kernels_reason,
+            padding_free=padding_free,
+            attention=str(loaded.model.config._attn_implementation),
+            gradient_checkpointing=checkpointing,
+            gradient_checkpointing_reason=reason,
+            optimizer="AdamW (fused)" if cuda else "AdamW",
+            adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
+        )
+        optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0, fused=cuda)
+        scheduler = get_scheduler(
+            p.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
+            num_training_steps=p.max_steps,
+        )
+
+        rng = random.Random(p.seed)
+        order: list[Example] = []
+        losses: list[float] = []
+        tokens_seen = 0
+        model.train()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        columns = [
+            TextColumn("[bold]train[/bold]"),
+            BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task("train", total=p.max_steps, loss="-")
+            for _step in range(p.max_steps):
+                step_loss = 0.0
+                for _ in range(p.grad_accum_steps):
+                    if len(order) < p.batch_size:
+                        epoch = list(data.examples)
+                        rng.shuffle(epoch)
+                        order.extend(epoch)
+                    examples, order = order[: p.batch_size], order[p.batch_size :]
+                    batch = make_batch(
+                        examples,
+                        tokenizer.pad_token_id,
+                        padding_free=padding_free,
+                        device=loaded.device,
+                    )
+                    loss = completion_loss(model, batch, fused=fused) / p.grad_accum_steps
+                    loss.backward()
+                    step_loss += float(loss.detach())
+                    tokens_seen += batch.tokens
+                if not math.isfinite(step_loss):
+                    raise TrainingFailed(
+                        f"loss is {step_loss} at step {len(losses) + 1}; lower lr (now {p.lr}) "
+                        "or check the data"
+                    )
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(round(step_loss, 6))
+                bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+        wall = time.perf_counter() - started
 
     adapter_id = str(uuid.uuid4())
     tmp = out.with_name(f"{out.name}.partial-{adapter_id}")
@@ -297,15 +681,16 @@ def train(config: TrainConfig, *, progress: bool = True, device: str | None = No
         "train_params": p.model_dump(mode="json"),
         "seed": p.seed,
         "gradient_checkpointing": checkpointing,
+        "machinery": asdict(machinery),
         "examples": len(data.examples),
         "examples_shortened": len(data.shortened),
         "examples_dropped": data.dropped,
         "trainable_parameters": sum(t.numel() for t in trainable),
         "wall_time_s": round(wall, 3),
+        "total_time_s": round(time.perf_counter() - started_total, 3),
         "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        if loaded.device == "cuda"
-        else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        "probe_peak_memory_gib": None if probe_peak is None else round(probe_peak / 2**30, 3),
         "loss_per_step": losses,
         "provenance": provenance(),
     }
