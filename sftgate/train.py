@@ -58,7 +58,7 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool | None = Field(
         None,
         description="None (auto): on CUDA, off when a probe step without it fits in "
-        "max_memory_gib (about 1.4x faster), else on; off on CPU",
+        "max_memory_gib (1.4-1.9x faster steps, benchmarks/README.md), else on; off on CPU",
     )
     max_memory_gib: float | None = Field(
         None,

@@ -428,3 +428,28 @@ def test_real_pretrained_model_trains_a_few_lora_steps(tmp_path):
     assert m["loss_per_step"][0] < 15  # a pretrained model, not a uniform guess over 262k tokens
     # Gemma 3 has sliding-window layers: padding-free batches are off by default.
     assert m["machinery"]["padding_free"] is False
+
+
+def test_cli_flags_override_the_file(tmp_path):
+    import argparse
+
+    from sftgate.cli.train import overrides, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["train", "--config", "c.yaml", "--max-steps", "7", "--lr", "1e-4", "--out", "x"]
+        + ["--gradient-checkpointing", "off", "--padding-free", "auto", "--kernels", "none"]
+    )
+    assert overrides(args) == {
+        "out": "x",
+        "kernels": "none",
+        "gradient_checkpointing": False,
+        "padding_free": None,
+        "params.max_steps": 7,
+        "params.lr": 1e-4,
+    }
+    path = tmp_path / "t.yaml"
+    path.write_text("kind: train\nquestions: q.json\nout: o\nparams:\n  max_steps: 3\n", "utf-8")
+    cfg = load_config(TrainConfig, path, overrides(args))
+    assert (cfg.params.max_steps, cfg.out, cfg.gradient_checkpointing) == (7, "x", False)

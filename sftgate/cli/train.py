@@ -11,11 +11,21 @@ from sftgate.config import load_config
 from sftgate.params import TrainParams
 from sftgate.train import TrainConfig, train
 
-TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out")
+TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out", "kernels")
+SWITCHES = ("gradient_checkpointing", "padding_free")  # auto | on | off -> None | True | False
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {k: getattr(args, k) for k in TOP_LEVEL if getattr(args, k) is not None}
+    out.update(
+        {
+            k: {"auto": None, "on": True, "off": False}[v]
+            for k in SWITCHES
+            if (v := getattr(args, k))
+        }
+    )
+    if args.max_memory_gib is not None:
+        out["max_memory_gib"] = args.max_memory_gib
     out.update(
         {
             f"params.{k}": getattr(args, k)
@@ -30,12 +40,21 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, overrides(args))
     result = train(config)
     m = result.metadata
+    how = m["machinery"]
+    peak = f", peak {m['peak_memory_gib']:.1f} GiB" if m["peak_memory_gib"] is not None else ""
     Console().print(
         f"adapter {m['adapter_id']} -> {result.adapter_dir}\n"
-        f"{len(m['loss_per_step'])} steps, loss {m['loss_per_step'][0]:.4f} -> {m['loss_per_step'][-1]:.4f}, "
-        f"{m['tokens_per_s']} tokens/s, {m['examples']} examples ({m['examples_shortened']} shortened, {len(m['examples_dropped'])} left out)"
+        f"{len(m['loss_per_step'])} steps, loss {m['loss_per_step'][0]:.4f} -> "
+        f"{m['loss_per_step'][-1]:.4f}, {m['tokens_per_s']} tokens/s{peak}, {m['examples']} "
+        f"examples ({m['examples_shortened']} shortened, {len(m['examples_dropped'])} left out)\n"
+        f"kernels {how['kernels']}, padding-free {how['padding_free']}, gradient checkpointing "
+        f"{how['gradient_checkpointing']} ({how['gradient_checkpointing_reason']})"
     )
     return 0
+
+
+def _help(name: str) -> str:
+    return str(TrainConfig.model_fields[name].description).replace("%", "%%")  # argparse formats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", required=True, help="YAML with `kind: train` (flags below override it)"
     )
+    choices = {"quantization": ("auto", "4bit", "none"), "kernels": ("auto", "liger", "none")}
     for name in TOP_LEVEL:
-        p.add_argument(f"--{name}", help=TrainConfig.model_fields[name].description)
+        p.add_argument(f"--{name}", choices=choices.get(name), help=_help(name))
+    for name in SWITCHES:
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            choices=("auto", "on", "off"),
+            help=_help(name),
+        )
+    p.add_argument("--max-memory-gib", type=float, help=_help("max_memory_gib"))
     for name, info in TrainParams.model_fields.items():
         kind = type(info.default) if info.default is not None else str
         p.add_argument(
