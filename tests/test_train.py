@@ -67,6 +67,8 @@ def test_reference_completion_is_grounded_and_scores_100():
         {"source_path": "it/vpn.md#申請", "text": "填寫 IT-07 遠端存取申請表"}
     ]
     assert score_question("q", completion, ref, passages).eval_score == 100.0
+    assert reference_completion(ref, passages) == completion  # deterministic: same bytes
+    assert "\n" not in completion and "IT-07" in completion and "\\u" not in completion
     assert (
         json.loads(reference_completion(ref, passages[1:]))["original_evidence"] == []
     )  # never quote unseen text
@@ -334,6 +336,7 @@ def test_4bit_cpu_path(tmp_path):
     cfg = config(tmp_path, max_steps=3, max_length=4096).model_copy(update={"quantization": "4bit"})
     result = train(cfg, progress=False, device="cpu")
     assert result.metadata["quantization"] == "nf4-double-quant"
+    assert result.metadata["machinery"]["compute_dtype"] == "float32"
     assert all(map(torch.isfinite, torch.tensor(result.metadata["loss_per_step"])))
 
 
@@ -453,3 +456,14 @@ def test_cli_flags_override_the_file(tmp_path):
     path.write_text("kind: train\nquestions: q.json\nout: o\nparams:\n  max_steps: 3\n", "utf-8")
     cfg = load_config(TrainConfig, path, overrides(args))
     assert (cfg.params.max_steps, cfg.out, cfg.gradient_checkpointing) == (7, "x", False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_defaults_train_tiny_qwen3_4bit(tmp_path):
+    """On CUDA: NF4 base, bf16 compute, the checkpointing probe, Liger where installed."""
+    result = train(config(tmp_path, max_steps=3, max_length=4096, batch_size=2), progress=False)
+    m = result.metadata
+    assert m["quantization"] == "nf4-double-quant" and m["machinery"]["compute_dtype"] == "bfloat16"
+    assert m["machinery"]["gradient_checkpointing_reason"].startswith("auto: a step without it")
+    assert m["peak_memory_gib"] > 0 and all(map(torch.isfinite, torch.tensor(m["loss_per_step"])))
