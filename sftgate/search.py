@@ -106,7 +106,8 @@ class StudyConfig(StrictModel):
         None, description="SQLite file; default $SFTGATE_HOME/registry.sqlite"
     )
     gradient_checkpointing: bool | None = Field(
-        None, description="None: on for 4-bit CUDA training (saves memory, costs ~40% speed)"
+        None,
+        description="None (auto): as `sftgate train` decides, off on CUDA when a probe step fits in memory, else on",
     )
     policy: Policy = Field(default_factory=Policy)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
