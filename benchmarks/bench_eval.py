@@ -36,21 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from shapes import QWEN3_4B  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 from sftgate.generate import static_generate_batch
 
-QWEN3_4B = dict(
-    vocab_size=151936,
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=40960,
-    tie_word_embeddings=True,
-    rope_theta=1000000.0,
-)
 TINY = dict(
     vocab_size=1000,
     hidden_size=64,

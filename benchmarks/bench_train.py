@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from shapes import QWEN3_4B  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 from sftgate.models import load_model
 from sftgate.params import TrainParams
@@ -65,19 +66,6 @@ from sftgate.train import (
     set_checkpointing,
 )
 
-QWEN3_4B = dict(
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    max_position_embeddings=40960,
-    rope_theta=1_000_000.0,
-    rms_norm_eps=1e-6,
-)
 TINY = dict(QWEN3_4B, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=1000)  # fmt: skip
 PARAMS = TrainParams(lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05)

@@ -1,0 +1,16 @@
+"""Model shapes the benchmarks build with random weights (no weights are reachable on the GPU machine)."""
+
+# Qwen/Qwen3-4B's configuration.
+QWEN3_4B = dict(
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+)
