@@ -107,6 +107,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, split, question_id)
     );
     """,
+    # 3: runs on other processes and nodes: where each ran, and failures that were not the run's
+    # own (its worker or node died), which resuming the study runs again
+    """
+    ALTER TABLE runs ADD COLUMN worker_json TEXT;
+    ALTER TABLE runs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN full_lost INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 PIN_KEYS = (
@@ -352,27 +359,31 @@ class Registry:
         return [_row(r) for r in self.db.execute(sql + " ORDER BY round, position", args)]
 
     def reset_interrupted(self, study_id: str) -> list[str]:
-        """Runs left in training/evaluating by a killed process go back to planned (they restart);
-        an interrupted full-set evaluation is forgotten (the planner asks for it again)."""
+        """Runs left in training/evaluating by a killed search, and runs whose worker died (lost),
+        go back to planned (they restart); an interrupted or lost full-set evaluation is forgotten
+        (the planner asks for it again)."""
+        busy = "status IN ('training', 'evaluating') OR (status = 'failed' AND lost = 1)"
+        full_busy = "full_status = 'evaluating' OR (full_status = 'failed' AND full_lost = 1)"
         with self.tx() as db:
             rows = db.execute(
-                "SELECT id FROM runs WHERE study_id = ? AND status IN ('training', 'evaluating')",
-                (study_id,),
+                f"SELECT id, lost FROM runs WHERE study_id = ? AND ({busy})", (study_id,)
             ).fetchall()
             db.execute(
-                "UPDATE runs SET status = 'planned', updated_at = ? WHERE study_id = ? "
-                "AND status IN ('training', 'evaluating')",
+                "UPDATE runs SET status = 'planned', lost = 0, failure = NULL, updated_at = ? "
+                f"WHERE study_id = ? AND ({busy})",
                 (now(), study_id),
             )
             full = db.execute(
-                "SELECT id FROM runs WHERE study_id = ? AND full_status = 'evaluating'", (study_id,)
+                f"SELECT id, full_lost FROM runs WHERE study_id = ? AND ({full_busy})", (study_id,)
             ).fetchall()
             db.execute(
-                "UPDATE runs SET full_status = NULL, updated_at = ? WHERE study_id = ? "
-                "AND full_status = 'evaluating'",
+                "UPDATE runs SET full_status = NULL, full_lost = 0, full_failure = NULL, "
+                f"updated_at = ? WHERE study_id = ? AND ({full_busy})",
                 (now(), study_id),
             )
-        return [r["id"] for r in rows] + [f"{r['id']} (full set)" for r in full]
+        return [r["id"] + (" (lost)" if r["lost"] else "") for r in rows] + [
+            f"{r['id']} (full set{', lost' if r['full_lost'] else ''})" for r in full
+        ]
 
     # ------------------------------------------------------------------ per-question scores
 

@@ -12,16 +12,14 @@ run, so another executor can run specs elsewhere and hand the outcomes back.
 
 from __future__ import annotations
 
-import json
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from rich import get_console
 from rich.console import Group, RenderableType
 from rich.live import Live
@@ -30,8 +28,9 @@ from rich.table import Table
 from sftgate.config import StrictModel, load_config
 from sftgate.contexts import load_contexts, write_contexts
 from sftgate.errors import InputError, Problem, SftgateError
-from sftgate.evaluate import META, PARTIAL_META, DecodeSettings, EvalConfig, evaluate
-from sftgate.fsutil import atomic_write_text
+from sftgate.evaluate import DecodeSettings
+from sftgate.executors import Executor, ExecutorConfig, open_executor, read_worker, worker_file
+from sftgate.fsutil import atomic_write_bytes
 from sftgate.hashing import sha256_file, sha256_json
 from sftgate.index import (
     IndexSettings,
@@ -48,9 +47,10 @@ from sftgate.planner import Decision, History, Policy, RoundRecord, RunRecord, p
 from sftgate.prompt import load_prompt
 from sftgate.questions import QuestionSet, load_questions
 from sftgate.registry import Registry, Study, check_pins
-from sftgate.scoring import QuestionScore, read_per_question
+from sftgate.runner import RunOutcome, RunSpec, execute_run
 from sftgate.tiny import TINY_MODEL_ID
-from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
+
+__all__ = ["RunOutcome", "RunSpec", "StudyConfig", "execute_run", "search"]
 
 # The global console: train's and evaluate's progress bars nest in the live view through it.
 console = get_console()
@@ -111,20 +111,35 @@ class StudyConfig(StrictModel):
     )
     policy: Policy = Field(default_factory=Policy)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
-    executor: Literal["local"] = Field(
-        "local", description="local: the round's configs one after another in this process"
+    executor: ExecutorConfig = Field(
+        default_factory=ExecutorConfig,
+        description="where runs execute: `local` (this machine's GPUs) or `ray` (a cluster); "
+        "`executor: ray` is short for `executor: {kind: ray}`",
     )
     note: str | None = Field(None, description="shown at the top of the report")
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_kind_alone(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> StudyConfig:
         if self.retrieval is not None and self.contexts is not None:
             raise ValueError("give either retrieval or contexts, not both")
+        if self.workdir is not None and self.executor.storage is not None:
+            raise ValueError(
+                "give either workdir or executor.storage (the study's files go to STORAGE/NAME)"
+            )
         return self
 
     @property
     def work(self) -> Path:
-        return Path(self.workdir) if self.workdir else data_dir() / "studies" / self.name
+        if self.workdir:
+            return Path(self.workdir)
+        if self.executor.storage:
+            return Path(self.executor.storage) / self.name
+        return data_dir() / "studies" / self.name
 
     def settings_pins(self) -> dict[str, str]:
         """Hashes of the settings that change results (not names, paths or notes): a study
@@ -163,6 +178,10 @@ def resolve(config: StudyConfig, base: Path) -> StudyConfig:
     if config.retrieval:
         update["retrieval"] = config.retrieval.model_copy(
             update={"corpus": p(config.retrieval.corpus)}
+        )
+    if config.executor.storage:
+        update["executor"] = config.executor.model_copy(
+            update={"storage": p(config.executor.storage)}
         )
     if config.contexts:
         update["contexts"] = ContextFiles(
@@ -292,167 +311,6 @@ def prepare_contexts(config: StudyConfig, inputs: Inputs) -> None:
             write_contexts(path, *retrieve_contexts(index_dir, qs, r.top_k))
 
 
-# ---------------------------------------------------------------------- one run
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything one run needs, as plain values (picklable; the paths must be reachable where it
-    runs). split "gate": train (unless the adapter is complete) and evaluate on the gate set;
-    split "full": evaluate the finished adapter on the full set."""
-
-    run_id: str
-    split: Literal["gate", "full"]
-    params: dict[str, Any]
-    model: str
-    quantization: Quantization
-    gradient_checkpointing: bool | None
-    prompt: str
-    train_questions: str
-    train_contexts: str | None
-    eval_questions: str
-    eval_contexts: str | None
-    run_dir: str
-    decode: dict[str, Any]
-    # What an adapter found on disk must have been trained with, to be reused by a restart.
-    expected: dict[str, str] = field(default_factory=dict)
-    progress: bool = True
-
-    @property
-    def adapter_dir(self) -> Path:
-        return Path(self.run_dir) / "adapter"
-
-    @property
-    def eval_dir(self) -> Path:
-        return Path(self.run_dir) / self.split
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_id: str
-    split: Literal["gate", "full"]
-    status: Literal["done", "failed"]
-    metrics: dict[str, Any] | None = None
-    question_scores: list[QuestionScore] | None = None
-    train_meta: dict[str, Any] | None = None
-    eval_meta: dict[str, Any] | None = None
-    failure: str | None = None
-    train_s: float | None = None
-    eval_s: float | None = None
-
-
-def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
-    wanted = {**spec.expected, "train_params": spec.params}
-    return [k for k, v in wanted.items() if meta.get(k) != v]
-
-
-def finished_evaluation(
-    eval_dir: Path, adapter_id: str
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(metrics, eval_meta) of a complete evaluation of this adapter in eval_dir, if there is one."""
-    if not (eval_dir / META).exists() or (eval_dir / PARTIAL_META).exists():
-        return None
-    meta = json.loads((eval_dir / META).read_text(encoding="utf-8"))
-    if meta.get("adapter_id") != adapter_id:
-        raise SftgateError(
-            f"{eval_dir} holds an evaluation of adapter {meta.get('adapter_id')}, not {adapter_id}; "
-            "delete the folder to evaluate this run again"
-        )
-    return json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")), meta
-
-
-def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) -> RunOutcome:
-    """Do one run and return its outcome; any error (out of memory, NaN loss, a crash) is a
-    failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
-    A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
-    its last finished batch."""
-    train_s = eval_s = None
-    train_meta = None
-    try:
-        if (spec.adapter_dir / METADATA_FILE).exists():
-            train_meta = read_adapter_metadata(spec.adapter_dir)
-            wrong = adapter_mismatches(train_meta, spec)
-            if wrong:
-                raise SftgateError(
-                    f"{spec.adapter_dir} holds an adapter trained with other {', '.join(wrong)}; "
-                    "delete it to train this run again"
-                )
-        elif spec.split == "full":
-            raise SftgateError(f"no finished adapter at {spec.adapter_dir} to evaluate")
-        else:
-            if on_stage:
-                on_stage("training")
-            t0 = time.perf_counter()
-            config = TrainConfig(
-                model=spec.model,
-                quantization=spec.quantization,
-                questions=spec.train_questions,
-                contexts=spec.train_contexts,
-                prompt=spec.prompt,
-                out=str(spec.adapter_dir),
-                gradient_checkpointing=spec.gradient_checkpointing,
-                params=TrainParams.model_validate(spec.params),
-            )
-            train_meta = train(config, progress=spec.progress).metadata
-            train_s = time.perf_counter() - t0
-        assert train_meta is not None
-        finished = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
-        if finished is not None:  # killed after the evaluation, before the registry heard of it
-            metrics, eval_meta = finished
-            return RunOutcome(
-                spec.run_id,
-                spec.split,
-                "done",
-                metrics=metrics,
-                question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
-                train_meta=train_meta,
-                eval_meta=eval_meta,
-                train_s=train_s,
-                eval_s=eval_meta["wall_time_s"],
-            )
-        if on_stage:
-            on_stage("evaluating")
-        t0 = time.perf_counter()
-        result = evaluate(
-            EvalConfig(
-                model=spec.model,
-                adapter=str(spec.adapter_dir),
-                quantization=spec.quantization,
-                questions=spec.eval_questions,
-                contexts=spec.eval_contexts,
-                prompt=spec.prompt,
-                out=str(spec.eval_dir),
-                decode=DecodeSettings.model_validate(spec.decode),
-            ),
-            progress=spec.progress,
-        )
-        eval_s = time.perf_counter() - t0
-        return RunOutcome(
-            spec.run_id,
-            spec.split,
-            "done",
-            metrics=result.metrics,
-            question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
-            train_meta=train_meta,
-            eval_meta=result.meta,
-            train_s=train_s,
-            eval_s=eval_s,
-        )
-    except Exception as e:  # noqa: BLE001 - one run's failure is recorded; the round goes on
-        reason = f"{type(e).__name__}: {e}".strip()
-        Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(spec.run_dir) / f"failure-{spec.split}.txt", traceback.format_exc())
-        return RunOutcome(
-            spec.run_id,
-            spec.split,
-            "failed",
-            train_meta=train_meta,
-            failure=reason[:2000],
-            train_s=train_s,
-            eval_s=eval_s,
-        )
-
-
 def run_spec(
     config: StudyConfig,
     inputs: Inputs,
@@ -488,13 +346,34 @@ def run_spec(
     )
 
 
+def inputs_for_workers(config: StudyConfig) -> StudyConfig:
+    """On a cluster, workers read the prompt and question sets from the study's folder (storage
+    every node reaches): copied there byte for byte, so the pins taken from the originals hold."""
+    if config.executor.kind != "ray":
+        return config
+    update = {}
+    for key in ("prompt", "train_questions", "gate_questions", "full_questions"):
+        source = Path(getattr(config, key))
+        copy = config.work / "inputs" / key / source.name
+        data = source.read_bytes()
+        if not copy.exists() or copy.read_bytes() != data:
+            atomic_write_bytes(copy, data)
+        update[key] = str(copy)
+    return config.model_copy(update=update)
+
+
 # ---------------------------------------------------------------------- the driver's registry writes
 
 
 def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
     if spec.split == "full":
         if outcome.status == "failed":
-            reg.update_run(spec.run_id, full_status="failed", full_failure=outcome.failure)
+            reg.update_run(
+                spec.run_id,
+                full_status="failed",
+                full_failure=outcome.failure,
+                full_lost=int(outcome.lost),
+            )
             return
         assert outcome.metrics is not None and outcome.question_scores is not None
         reg.record_question_scores(spec.run_id, "full", outcome.question_scores)
@@ -509,6 +388,8 @@ def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
         )
         return
     common: dict[str, Any] = {"train_s": outcome.train_s, "eval_s": outcome.eval_s}
+    if outcome.worker is not None:
+        common["worker_json"] = outcome.worker
     if outcome.train_meta is not None:
         common |= {
             "adapter_id": outcome.train_meta["adapter_id"],
@@ -516,7 +397,9 @@ def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
             "train_meta_json": outcome.train_meta,
         }
     if outcome.status == "failed":
-        reg.update_run(spec.run_id, status="failed", failure=outcome.failure, **common)
+        reg.update_run(
+            spec.run_id, status="failed", failure=outcome.failure, lost=int(outcome.lost), **common
+        )
         return
     assert outcome.metrics is not None and outcome.question_scores is not None
     if outcome.train_s is None and outcome.train_meta is not None:
@@ -567,41 +450,55 @@ def history(reg: Registry, study: Study) -> History:
 
 
 class LiveView:
-    """Round, run, stage and ETA above the stage's own progress bar (train steps, eval questions)."""
+    """The round, each active run with its stage, and an ETA, above the stage's own progress bar
+    (train steps, eval questions) when runs execute in this process."""
 
-    def __init__(self, study: str, seconds_per_run: list[float], enabled: bool):
+    def __init__(self, study: str, seconds_per_run: list[float], enabled: bool, slots: int):
         self.study = study
         self.seconds_per_run = seconds_per_run
         self.enabled = enabled
+        self.slots = slots
         self.round = "-"
-        self.run = "-"
-        self.stage = "starting"
-        self.remaining = 0
-        self.stage_started = self.run_started = time.monotonic()
+        self.where = "this process"
+        self.remaining = 0  # runs of the round not finished
+        self.active: dict[str, tuple[str, float, str]] = {}  # run -> (stage, since, where)
+        self.started: dict[str, float] = {}  # run -> when it started
 
-    def set_run(self, round_: int | str, run: str, remaining: int) -> None:
-        self.round, self.run, self.remaining = str(round_), run, remaining
-        self.run_started = time.monotonic()
+    def set_round(self, round_: int | str, runs: int) -> None:
+        self.round, self.remaining = str(round_), runs
+        self.active.clear()
 
-    def set_stage(self, stage: str) -> None:
-        self.stage, self.stage_started = stage, time.monotonic()
+    def set_stage(self, run: str, stage: str, where: str = "") -> None:
+        self.active[run] = (stage, time.monotonic(), where)
+        self.started.setdefault(run, time.monotonic())
+
+    def finish(self, run: str) -> None:
+        self.active.pop(run, None)
+        self.remaining -= 1
 
     def eta(self) -> str:
         if not self.seconds_per_run or not self.remaining:
             return "after the first run"
         mean = sum(self.seconds_per_run) / len(self.seconds_per_run)
-        left = max(0.0, mean * self.remaining - (time.monotonic() - self.run_started))
+        waves = -(-self.remaining // min(self.slots, self.remaining))  # rounded up
+        busy = [time.monotonic() - self.started[r] for r in self.active if r in self.started]
+        left = max(0.0, mean * waves - min(max(busy, default=0.0), mean))
         return f"~{left / 60:.1f} min for this round's {self.remaining} run(s) left"
 
     def render(self) -> RenderableType:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
-        elapsed = time.monotonic() - self.stage_started
         grid.add_row("study", self.study)
+        grid.add_row("executor", self.where)
         grid.add_row("round", self.round)
-        grid.add_row("run", self.run)
-        grid.add_row("stage", f"{self.stage} ({elapsed:.0f} s)")
+        now = time.monotonic()
+        for run, (stage, since, where) in self.active.items():
+            at = f" on {where}" if where else ""
+            grid.add_row("run", f"{run}: {stage} ({now - since:.0f} s){at}")
+        queued = self.remaining - len(self.active)
+        if queued > 0:
+            grid.add_row("queued", f"{queued} run(s)")
         grid.add_row("ETA", self.eta())
         return Group(grid)
 
@@ -622,6 +519,10 @@ class LiveView:
 # ---------------------------------------------------------------------- the driver
 
 
+class RunsLost(SftgateError):
+    """Runs whose worker died; recorded as failed (lost), they run again when the study resumes."""
+
+
 @dataclass(frozen=True)
 class SearchResult:
     study: Study
@@ -640,6 +541,85 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+def _where(worker: dict[str, Any] | None) -> str:
+    if not worker:
+        return ""
+    gpu = f" GPU {worker['devices']}" if worker.get("devices") else ""
+    return f"{worker['host']} pid {worker['pid']}{gpu}"
+
+
+def run_all(
+    specs: list[RunSpec],
+    executor: Executor | None,
+    reg: Registry,
+    view: LiveView,
+    durations: list[float],
+) -> list[RunOutcome]:
+    """Execute specs (None: here, one after another) and record each outcome as it arrives.
+    The registry follows each run's stage; only this function's caller's process writes it."""
+
+    def stage_to_registry(spec: RunSpec, stage: str, worker: dict[str, Any] | None) -> None:
+        view.set_stage(spec.run_id, stage, _where(worker))
+        fields: dict[str, Any] = {"worker_json": worker} if worker else {}
+        if spec.split == "gate" and stage in ("training", "evaluating"):
+            fields["status"] = stage
+        if fields:
+            reg.update_run(spec.run_id, **fields)
+
+    def finish(spec: RunSpec, outcome: RunOutcome) -> None:
+        record_outcome(reg, spec, outcome)
+        view.finish(spec.run_id)
+        name = spec.run_id + (" (full set)" if spec.split == "full" else "")
+        if outcome.status == "failed":
+            view.log(f"[red]{name} {'lost' if outcome.lost else 'failed'}:[/red] {outcome.failure}")
+        else:
+            assert outcome.metrics is not None
+            m = outcome.metrics
+            view.log(
+                f"{name}: eval_score_avg {m['eval_score_avg']:.2f}, "
+                f"schema_pass_rate {m['schema_pass_rate']:.3f}, "
+                f"grounding_avg {m['grounding_avg']:.3f}"
+            )
+        if outcome.train_s and outcome.eval_s:
+            durations.append(outcome.train_s + outcome.eval_s)
+
+    outcomes: list[RunOutcome] = []
+    if executor is None:
+        for spec in specs:
+
+            def on_stage(stage: str, spec: RunSpec = spec) -> None:
+                stage_to_registry(spec, stage, None)
+
+            view.set_stage(spec.run_id, "starting")
+            outcome = execute_run(spec, on_stage)
+            finish(spec, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    pending, running = list(specs), dict[str, tuple[RunSpec, str | None]]()
+    try:
+        while pending or running:
+            while pending and len(running) < executor.capacity:
+                spec = pending.pop(0)
+                worker_file(spec).unlink(missing_ok=True)  # a previous attempt's
+                executor.start(spec)
+                running[spec.run_id] = (spec, None)
+                view.set_stage(spec.run_id, "queued")
+            for outcome in executor.wait(timeout_s=0.5):
+                spec, _ = running.pop(outcome.run_id)
+                finish(spec, outcome)
+                outcomes.append(outcome)
+            for run_id, (spec, seen) in list(running.items()):
+                worker = read_worker(spec)
+                if worker and worker["stage"] != seen and worker["stage"] not in ("done", "failed"):
+                    running[run_id] = (spec, worker["stage"])
+                    stage_to_registry(spec, worker["stage"], worker)
+    except BaseException:
+        executor.close()  # leaves the started runs in training/evaluating: a resume restarts them
+        raise
+    return outcomes
+
+
 def search(
     config_path: str | Path,
     *,
@@ -652,13 +632,16 @@ def search(
     config = load_study_config(config_path, overrides)
     inputs = pin_inputs(config)
     reg = Registry(config.registry)
+    executor: Executor | None = None
     try:
         study, created = reg.open_study(
             config.name, inputs.pins, str(config_path), config.model_dump(mode="json")
         )
         prepare_contexts(config, inputs)
+        workers = inputs_for_workers(config)
         if progress:
             _quiet_libraries()
+        executor = open_executor(config.executor)
         console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")
         restarted = reg.reset_interrupted(study.id)
         if restarted:
@@ -666,39 +649,26 @@ def search(
         durations = [
             r["train_s"] + r["eval_s"] for r in reg.runs(study.id) if r["train_s"] and r["eval_s"]
         ]
-        view = LiveView(study.name, durations, progress)
+        view = LiveView(study.name, durations, progress, executor.capacity if executor else 1)
+        view.where = executor.where() if executor else "local: this process, one run at a time"
+        # Progress bars of train and evaluate nest in the live view only in this process.
+        bars = progress and executor is None
         decision: Decision | None = None
         with view.shown():
             for _ in range(max_steps_of_the_loop):
                 planned = [r for r in reg.runs(study.id) if r["status"] == "planned"]
-                for n, r in enumerate(planned):
-                    # Inputs edited while the search runs would make this run incomparable.
+                if planned:
+                    # Inputs edited while the search runs would make these runs incomparable.
                     check_pins(study, pin_inputs(config).pins)
-                    view.set_run(
-                        r["round"], f"{r['id']} ({n + 1} of {len(planned)})", len(planned) - n
-                    )
-                    view.log(f"[bold]round {r['round']}[/bold] · {r['id']}: {r['reason']}")
-                    spec = run_spec(config, inputs, r, "gate", progress)
-
-                    def on_stage(stage: str, run_id: str = r["id"]) -> None:
-                        view.set_stage(stage)
-                        reg.update_run(run_id, status=stage)
-
-                    outcome = execute_run(spec, on_stage)
-                    record_outcome(reg, spec, outcome)
-                    if outcome.status == "failed":
-                        view.log(f"[red]{r['id']} failed:[/red] {outcome.failure}")
-                    else:
-                        assert outcome.metrics is not None
-                        m = outcome.metrics
-                        view.log(
-                            f"{r['id']}: eval_score_avg {m['eval_score_avg']:.2f}, "
-                            f"schema_pass_rate {m['schema_pass_rate']:.3f}, "
-                            f"grounding_avg {m['grounding_avg']:.3f}"
-                        )
-                    if outcome.train_s and outcome.eval_s:
-                        durations.append(outcome.train_s + outcome.eval_s)
-                view.set_stage("planning")
+                    view.set_round(planned[0]["round"], len(planned))
+                    for r in planned:
+                        view.log(f"[bold]round {r['round']}[/bold] · {r['id']}: {r['reason']}")
+                    specs = [run_spec(workers, inputs, r, "gate", bars) for r in planned]
+                    lost = [o for o in run_all(specs, executor, reg, view, durations) if o.lost]
+                    if lost:
+                        raise RunsLost(_lost_message(lost, config_path))
+                view.set_round(view.round, 0)
+                view.set_stage("planner", "planning")
                 decision = plan_next(history(reg, study), config.policy)
                 configs = (
                     [(c.params, c.reason) for c in decision.configs]
@@ -720,12 +690,12 @@ def search(
                     check_pins(study, pin_inputs(config).pins)
                     run = reg.run(decision.selected_run)
                     assert run is not None
-                    view.set_run(decision.round, f"{run['id']} on the full set", 1)
-                    view.set_stage("evaluating (full set)")
+                    view.set_round(f"{decision.round} (full set)", 1)
                     reg.update_run(run["id"], full_status="evaluating")
-                    spec = run_spec(config, inputs, run, "full", progress)
-                    outcome = execute_run(spec)
-                    record_outcome(reg, spec, outcome)
+                    spec = run_spec(workers, inputs, run, "full", bars)
+                    lost = [o for o in run_all([spec], executor, reg, view, durations) if o.lost]
+                    if lost:
+                        raise RunsLost(_lost_message(lost, config_path))
                     continue
                 reg.set_study_status(study.id, "finished")
                 break
@@ -739,4 +709,16 @@ def search(
         study = reg.study(study.name) or study
         return SearchResult(study, decision, report, reg.path)
     finally:
+        if executor is not None:
+            executor.close()
         reg.close()
+
+
+def _lost_message(lost: list[RunOutcome], config_path: str | Path) -> str:
+    runs = "; ".join(
+        f"{o.run_id}{' (full set)' if o.split == 'full' else ''}: {o.failure}" for o in lost
+    )
+    return (
+        f"{len(lost)} run(s) lost their worker, the round's other runs are recorded. {runs}. "
+        f"Run `sftgate search --config {config_path}` again to run them again."
+    )

@@ -1,0 +1,191 @@
+"""One run, from plain data to an outcome: train (unless a matching adapter is already there) and
+evaluate on the gate set, or evaluate a finished adapter on the full set.
+
+`execute_run(spec) -> RunOutcome` touches no registry and never raises for a failed run, so any
+executor (this process, a child process per GPU, a Ray task on another node) can run a spec and
+hand the outcome back to the search's driver, which alone writes the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sftgate.errors import SftgateError
+from sftgate.evaluate import META, PARTIAL_META, DecodeSettings, EvalConfig, evaluate
+from sftgate.fsutil import atomic_write_text
+from sftgate.models import Quantization
+from sftgate.params import TrainParams
+from sftgate.scoring import QuestionScore, read_per_question
+from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, as plain values (picklable; the paths must be reachable where it
+    runs). split "gate": train (unless the adapter is complete) and evaluate on the gate set;
+    split "full": evaluate the finished adapter on the full set."""
+
+    run_id: str
+    split: Literal["gate", "full"]
+    params: dict[str, Any]
+    model: str
+    quantization: Quantization
+    gradient_checkpointing: bool | None
+    prompt: str
+    train_questions: str
+    train_contexts: str | None
+    eval_questions: str
+    eval_contexts: str | None
+    run_dir: str
+    decode: dict[str, Any]
+    # What an adapter found on disk must have been trained with, to be reused by a restart.
+    expected: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.run_dir) / "adapter"
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.run_dir) / self.split
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    split: Literal["gate", "full"]
+    status: Literal["done", "failed"]
+    metrics: dict[str, Any] | None = None
+    question_scores: list[QuestionScore] | None = None
+    train_meta: dict[str, Any] | None = None
+    eval_meta: dict[str, Any] | None = None
+    failure: str | None = None
+    train_s: float | None = None
+    eval_s: float | None = None
+    # True when the process running it died (a worker killed, a node lost): not the run's fault,
+    # so resuming the study runs it again. `failure` says what happened.
+    lost: bool = False
+    worker: dict[str, Any] | None = None  # where it ran: host, pid, devices
+
+
+def lost_outcome(spec: RunSpec, reason: str, worker: dict[str, Any] | None) -> RunOutcome:
+    return RunOutcome(spec.run_id, spec.split, "failed", failure=reason, lost=True, worker=worker)
+
+
+def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
+    wanted = {**spec.expected, "train_params": spec.params}
+    return [k for k, v in wanted.items() if meta.get(k) != v]
+
+
+def finished_evaluation(
+    eval_dir: Path, adapter_id: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(metrics, eval_meta) of a complete evaluation of this adapter in eval_dir, if there is one."""
+    if not (eval_dir / META).exists() or (eval_dir / PARTIAL_META).exists():
+        return None
+    meta = json.loads((eval_dir / META).read_text(encoding="utf-8"))
+    if meta.get("adapter_id") != adapter_id:
+        raise SftgateError(
+            f"{eval_dir} holds an evaluation of adapter {meta.get('adapter_id')}, not {adapter_id}; "
+            "delete the folder to evaluate this run again"
+        )
+    return json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")), meta
+
+
+def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) -> RunOutcome:
+    """Do one run and return its outcome; any error (out of memory, NaN loss, a crash) is a
+    failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
+    A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
+    its last finished batch."""
+    train_s = eval_s = None
+    train_meta = None
+    try:
+        if (spec.adapter_dir / METADATA_FILE).exists():
+            train_meta = read_adapter_metadata(spec.adapter_dir)
+            wrong = adapter_mismatches(train_meta, spec)
+            if wrong:
+                raise SftgateError(
+                    f"{spec.adapter_dir} holds an adapter trained with other {', '.join(wrong)}; "
+                    "delete it to train this run again"
+                )
+        elif spec.split == "full":
+            raise SftgateError(f"no finished adapter at {spec.adapter_dir} to evaluate")
+        else:
+            if on_stage:
+                on_stage("training")
+            t0 = time.perf_counter()
+            config = TrainConfig(
+                model=spec.model,
+                quantization=spec.quantization,
+                questions=spec.train_questions,
+                contexts=spec.train_contexts,
+                prompt=spec.prompt,
+                out=str(spec.adapter_dir),
+                gradient_checkpointing=spec.gradient_checkpointing,
+                params=TrainParams.model_validate(spec.params),
+            )
+            train_meta = train(config, progress=spec.progress).metadata
+            train_s = time.perf_counter() - t0
+        assert train_meta is not None
+        finished = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
+        if finished is not None:  # killed after the evaluation, before the registry heard of it
+            metrics, eval_meta = finished
+            return RunOutcome(
+                spec.run_id,
+                spec.split,
+                "done",
+                metrics=metrics,
+                question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
+                train_meta=train_meta,
+                eval_meta=eval_meta,
+                train_s=train_s,
+                eval_s=eval_meta["wall_time_s"],
+            )
+        if on_stage:
+            on_stage("evaluating")
+        t0 = time.perf_counter()
+        result = evaluate(
+            EvalConfig(
+                model=spec.model,
+                adapter=str(spec.adapter_dir),
+                quantization=spec.quantization,
+                questions=spec.eval_questions,
+                contexts=spec.eval_contexts,
+                prompt=spec.prompt,
+                out=str(spec.eval_dir),
+                decode=DecodeSettings.model_validate(spec.decode),
+            ),
+            progress=spec.progress,
+        )
+        eval_s = time.perf_counter() - t0
+        return RunOutcome(
+            spec.run_id,
+            spec.split,
+            "done",
+            metrics=result.metrics,
+            question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
+            train_meta=train_meta,
+            eval_meta=result.meta,
+            train_s=train_s,
+            eval_s=eval_s,
+        )
+    except Exception as e:  # noqa: BLE001 - one run's failure is recorded; the round goes on
+        reason = f"{type(e).__name__}: {e}".strip()
+        Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(spec.run_dir) / f"failure-{spec.split}.txt", traceback.format_exc())
+        return RunOutcome(
+            spec.run_id,
+            spec.split,
+            "failed",
+            train_meta=train_meta,
+            failure=reason[:2000],
+            train_s=train_s,
+            eval_s=eval_s,
+        )
