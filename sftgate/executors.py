@@ -195,11 +195,12 @@ class Executor(Protocol):
 
 def _death(spec: RunSpec, how: str) -> str:
     last = read_worker(spec) or {}
-    stage = last.get("stage", "starting")
-    where = f"{last['host']} pid {last['pid']}" if last else "its worker"
+    where = f" ({last['host']} pid {last['pid']})" if last else ""
+    log = Path(spec.run_dir) / f"worker-{spec.split}.log"
+    see = f"; its output: {log}" if log.exists() else ""
     return (
-        f"lost while {stage}: {how} ({where}); nothing of it was recorded as finished. "
-        "Run the search again to run it again"
+        f"lost while {last.get('stage', 'starting')}: {how}{where}{see}. "
+        "Resuming the study runs it again"
     )
 
 
@@ -274,6 +275,7 @@ class RayTasks:
                 "executor kind: ray needs Ray: pip install 'sftgate[ray]' (on every node)"
             ) from e
         self.ray = ray
+        self.refs: dict[Any, RunSpec] = {}
         self.owns = not ray.is_initialized()
         if self.owns:
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
@@ -299,7 +301,6 @@ class RayTasks:
             name="sftgate-run",
         )
         self.capacity = 1 << 30  # the cluster queues tasks until resources free up
-        self.refs: dict[Any, RunSpec] = {}
 
     def where(self) -> str:
         return f"ray: cluster {self.address} ({self.gpus:g} GPUs)"

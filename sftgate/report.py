@@ -153,7 +153,7 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
             rows.append(
                 [
                     f"`{r['id']}`",
-                    r["status"],
+                    r["status"] + (" (lost)" if r["lost"] else ""),
                     f"`{r['adapter_id'][:8]}`" if r["adapter_id"] else "–",
                     *(f"{r['params'][k]:g}" for k in SEED_PARAM_NAMES),
                     score,

@@ -719,6 +719,6 @@ def _lost_message(lost: list[RunOutcome], config_path: str | Path) -> str:
         f"{o.run_id}{' (full set)' if o.split == 'full' else ''}: {o.failure}" for o in lost
     )
     return (
-        f"{len(lost)} run(s) lost their worker, the round's other runs are recorded. {runs}. "
-        f"Run `sftgate search --config {config_path}` again to run them again."
+        f"{len(lost)} run(s) lost their worker; the round's other runs are recorded. {runs}. "
+        f"Run `sftgate search --config {config_path}` again to run the lost ones again."
     )

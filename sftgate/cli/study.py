@@ -94,7 +94,7 @@ def run_runs(args: argparse.Namespace) -> int:
             names[r["study_id"]],
             r["id"],
             str(r["round"]),
-            r["status"],
+            r["status"] + (" (lost)" if r["lost"] else ""),
             f"{r['eval_score_avg']:.2f}" if r["eval_score_avg"] is not None else "–",
             f"{r['schema_pass_rate']:.3f}" if r["schema_pass_rate"] is not None else "–",
             f"{r['grounding_avg']:.3f}" if r["grounding_avg"] is not None else "–",

@@ -1,0 +1,250 @@
+"""Executors: the study's runs in child processes and as Ray tasks on a local Ray cluster with CPU
+workers, with tiny-qwen3 for real (training, evaluation, registry); a worker killed mid-run is
+recorded as lost and the resumed study runs it again without redoing anything finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from sftgate.executors import ExecutorConfig, open_executor
+from sftgate.registry import Registry
+from sftgate.search import RunsLost, StudyConfig, search
+from tests.test_search import make_project, runs_by_round
+
+ROUND1 = dict(
+    round1=[{"max_steps": 2}, {"max_steps": 40, "lr": 1e-3}, {"max_length": 64}],
+    round1_reasons=["base", "long: killed mid-run", "too short: fails"],
+)
+VICTIM_STEPS = '"max_steps": 40'
+
+
+def with_executor(config: Path, executor: dict[str, Any]) -> Path:
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["executor"] = executor
+    if "storage" in executor:
+        del data["workdir"]
+    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return config
+
+
+def worker_records(work: Path, round_: int) -> dict[str, dict]:
+    return {
+        p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+        for p in (work / "runs").glob(f"r{round_}-*/worker-gate.json")
+    }
+
+
+def overlapping(records: list[dict]) -> bool:
+    """Whether some two runs were in progress at the same moment."""
+    spans = sorted((r["started"], r["updated"]) for r in records)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+
+
+class Killer(threading.Thread):
+    """Kills the worker process of the run with VICTIM_STEPS once it is training."""
+
+    def __init__(self, root: Path, work: Path):
+        super().__init__(daemon=True)
+        self.root, self.work = root, work
+        self.killed: tuple[str, int] | None = None
+        self.stop = threading.Event()
+
+    def victim(self) -> str | None:
+        db = self.root / "registry.sqlite"
+        if not db.exists():
+            return None
+        try:
+            con = sqlite3.connect(db, timeout=1)
+            row = con.execute(
+                "SELECT id FROM runs WHERE params_json LIKE ?", (f"%{VICTIM_STEPS}%",)
+            ).fetchone()
+            con.close()
+        except sqlite3.OperationalError:
+            return None
+        return row[0] if row else None
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.killed is None:
+            time.sleep(0.02)
+            run_id = self.victim()
+            if run_id is None:
+                continue
+            try:
+                w = json.loads(
+                    (self.work / "runs" / run_id / "worker-gate.json").read_text(encoding="utf-8")
+                )
+            except (FileNotFoundError, ValueError):
+                continue
+            if w["stage"] == "training":
+                os.kill(w["pid"], signal.SIGKILL)
+                self.killed = (run_id, w["pid"])
+
+
+def kill_resume(config: Path, work: Path) -> tuple[tuple[str, int], dict, Any]:
+    """Search with a worker killed mid-run (the search stops with RunsLost), then resume."""
+    killer = Killer(config.parent, work)
+    killer.start()
+    try:
+        with pytest.raises(RunsLost, match="lost while training") as lost:
+            search(config, progress=False)
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed is not None
+    assert killer.killed[0] in str(lost.value) and "again" in str(lost.value)
+    at_kill = {
+        r["id"]: r for rs in runs_by_round(config.parent / "registry.sqlite").values() for r in rs
+    }
+    return killer.killed, at_kill, search(config, progress=False)
+
+
+def check_killed_run_reran(killed: tuple[str, int], at_kill: dict, config: Path) -> None:
+    run_id, pid = killed
+    victim = at_kill[run_id]
+    assert victim["status"] == "failed" and victim["lost"] == 1
+    assert "lost while training" in victim["failure"]
+    finished = {k: v for k, v in at_kill.items() if v["status"] == "done"}
+    assert len(finished) >= 2  # round 0 and round 1's other runs went on
+    failed = [r for r in at_kill.values() if r["status"] == "failed" and not r["lost"]]
+    assert len(failed) == 1 and "max_length=64" in failed[0]["failure"]  # an ordinary failure
+    after = {
+        r["id"]: r for rs in runs_by_round(config.parent / "registry.sqlite").values() for r in rs
+    }
+    for k, r in finished.items():  # nothing finished is redone
+        assert (after[k]["adapter_id"], after[k]["updated_at"]) == (
+            r["adapter_id"],
+            r["updated_at"],
+        )
+    rerun = after[run_id]
+    assert rerun["status"] == "done" and rerun["lost"] == 0 and rerun["failure"] is None
+    assert rerun["worker"]["pid"] != pid and rerun["eval_score_avg"] is not None
+    assert all(r["status"] in ("done", "failed") for r in after.values())
+
+
+# ---------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("executor", "error"),
+    [
+        ({"kind": "local", "address": "auto"}, "address belong"),
+        ({"kind": "local", "gpus_per_run": 0}, "gpus_per_run belong"),
+        ({"kind": "ray", "parallel_runs": 2}, "parallel_runs belong"),
+        ({"kind": "ray", "address": "auto"}, "executor.storage"),
+        ({"kind": "ray", "gpus_per_run": -1}, "greater than or equal"),
+        ({"kind": "dask"}, "'local' or 'ray'"),
+    ],
+)
+def test_executor_config_rejects_fields_of_the_other_kind(executor, error):
+    with pytest.raises(ValidationError, match=error):
+        ExecutorConfig.model_validate(executor)
+
+
+def test_study_executor_shorthand_and_storage(tmp_path):
+    base = {
+        "name": "s",
+        "prompt": "p.md",
+        "train_questions": "t.json",
+        "gate_questions": "g.json",
+        "full_questions": "f.json",
+    }
+    assert StudyConfig.model_validate({**base, "executor": "ray"}).executor.kind == "ray"
+    assert StudyConfig.model_validate(base).executor.kind == "local"
+    on_nfs = StudyConfig.model_validate(
+        {**base, "executor": {"kind": "ray", "address": "auto", "storage": "/mnt/shared"}}
+    )
+    assert on_nfs.work == Path("/mnt/shared/s")
+    with pytest.raises(ValidationError, match="either workdir or executor.storage"):
+        StudyConfig.model_validate(
+            {**base, "workdir": "w", "executor": {"kind": "ray", "storage": "/mnt/shared"}}
+        )
+
+
+def test_local_executor_on_a_cpu():
+    assert open_executor(ExecutorConfig()) is None  # no GPU: runs in the search's process
+    two = open_executor(ExecutorConfig(parallel_runs=2))
+    assert two is not None and two.capacity == 2 and "on the CPU" in two.where()
+    two.close()
+    with pytest.raises(Exception, match="shows 0 GPU"):
+        open_executor(ExecutorConfig(gpus=[0]))
+
+
+# ---------------------------------------------------------------------- local child processes
+
+
+@pytest.mark.slow
+def test_local_processes_run_a_round_in_parallel_and_rerun_a_killed_worker(tmp_path):
+    config = with_executor(make_project(tmp_path, **ROUND1), {"parallel_runs": 3})
+    killed, at_kill, result = kill_resume(config, tmp_path / "work")
+    check_killed_run_reran(killed, at_kill, config)
+    assert "killed by SIGKILL" in at_kill[killed[0]]["failure"]
+    assert result.study.status == "finished" and result.decision.action == "stop"
+    records = worker_records(tmp_path / "work", 1)
+    assert len(records) == 3 and overlapping(list(records.values()))
+    assert {r["pid"] for r in records.values()}.isdisjoint({os.getpid()})
+    # the workers' output (here the failing run's warning) went to the runs' folders
+    logs = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "work").glob("runs/*/*.log"))
+    assert "longer than max_length=64" in logs
+
+
+# ---------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster: a head node with three CPU workers' worth of CPUs."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False}
+    )
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_runs_a_round_in_parallel_and_reruns_a_killed_worker(tmp_path, ray_cluster):
+    storage = tmp_path / "shared"
+    config = with_executor(
+        make_project(tmp_path, **ROUND1),
+        {"kind": "ray", "address": ray_cluster.address, "storage": str(storage), "gpus_per_run": 0},
+    )
+    work = storage / "tiny-study"
+    killed, at_kill, result = kill_resume(config, work)
+    check_killed_run_reran(killed, at_kill, config)
+    assert "WorkerCrashedError" in at_kill[killed[0]]["failure"]
+    assert result.study.status == "finished" and result.decision.action == "stop"
+    records = worker_records(work, 1)
+    assert len(records) == 3 and overlapping(list(records.values()))
+    # Workers read the pinned inputs from storage, byte for byte the originals.
+    for key, name in (("prompt", "prompt.md"), ("gate_questions", "gate.json")):
+        assert (work / "inputs" / key / name).read_bytes() == (tmp_path / name).read_bytes()
+    assert (work / "report.md").exists()
+    reg = Registry(tmp_path / "registry.sqlite")
+    try:
+        rows = reg.runs(result.study.id)
+        assert all(r["gate_dir"].startswith(str(work)) for r in rows if r["status"] == "done")
+    finally:
+        reg.close()
+
+
+def test_ray_refuses_a_cluster_without_the_gpus_a_run_asks_for(tmp_path, ray_cluster):
+    from sftgate.errors import SftgateError
+
+    with pytest.raises(SftgateError, match="gpus_per_run: 0"):
+        open_executor(
+            ExecutorConfig(kind="ray", address=ray_cluster.address, storage=str(tmp_path))
+        )
