@@ -85,6 +85,23 @@ class IndexSettings(StrictModel):
         return self
 
 
+def import_bm25s() -> Any:
+    """bm25s, with JAX kept off the GPU.
+
+    When JAX is installed, importing bm25s runs a JAX operation, and JAX then takes 75% of the
+    GPU's memory for itself: measured on an H100, training and evaluation in the same process
+    (`sftgate search`) ran out of memory. sftgate scores with numpy, so unless this process has
+    already set JAX up, JAX is confined to the CPU (JAX_PLATFORMS=cpu, inherited by child
+    processes)."""
+    import sys
+
+    if "jax" not in sys.modules:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import bm25s
+
+    return bm25s
+
+
 @dataclass(frozen=True)
 class Hit:
     source_path: str
@@ -253,8 +270,7 @@ def build_index(
                 Problem(str(corpus_path), "", "", "the documents hold no text", "check the corpus")
             )
         if settings.retriever != "dense":
-            import bm25s
-
+            bm25s = import_bm25s()
             task = bar.add_task("tokenising", total=len(chunks))
             corpus_tokens = []
             for c in chunks:
@@ -415,8 +431,7 @@ def load_index(path: str | Path) -> Index:
             raise _incomplete(path, "the chunk count differs from the manifest")
         bm25 = None
         if (data / "bm25").is_dir():
-            import bm25s
-
+            bm25s = import_bm25s()
             bm25 = bm25s.BM25.load(str(data / "bm25"), show_progress=False, verbosity=0)
         embeddings = None
         if (data / "embeddings.npy").is_file():
