@@ -23,7 +23,7 @@ from sftgate.search import RunsLost, StudyConfig, search
 from tests.test_search import make_project, runs_by_round
 
 ROUND1 = dict(
-    round1=[{"max_steps": 2}, {"max_steps": 40, "lr": 1e-3}, {"max_length": 64}],
+    round1=[{"max_steps": 20}, {"max_steps": 40, "lr": 1e-3}, {"max_length": 64}],
     round1_reasons=["base", "long: killed mid-run", "too short: fails"],
 )
 VICTIM_STEPS = '"max_steps": 40'
@@ -45,19 +45,16 @@ def worker_records(work: Path, round_: int) -> dict[str, dict]:
     }
 
 
-def overlapping(records: list[dict]) -> bool:
-    """Whether some two runs were in progress at the same moment."""
-    spans = sorted((r["started"], r["updated"]) for r in records)
-    return any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
-
-
 class Killer(threading.Thread):
-    """Kills the worker process of the run with VICTIM_STEPS once it is training."""
+    """Kills the worker process of the run with VICTIM_STEPS while it is training and another run
+    of its round is training or evaluating at the same moment: the kill happens only if the
+    round's runs are in progress in parallel."""
 
     def __init__(self, root: Path, work: Path):
         super().__init__(daemon=True)
         self.root, self.work = root, work
         self.killed: tuple[str, int] | None = None
+        self.alongside: str | None = None  # a run of the round in progress at the kill
         self.stop = threading.Event()
 
     def victim(self) -> str | None:
@@ -81,14 +78,17 @@ class Killer(threading.Thread):
             if run_id is None:
                 continue
             try:
-                w = json.loads(
-                    (self.work / "runs" / run_id / "worker-gate.json").read_text(encoding="utf-8")
-                )
-            except (FileNotFoundError, ValueError):
+                workers = worker_records(self.work, 1)
+            except (FileNotFoundError, ValueError):  # a file being replaced
                 continue
-            if w["stage"] == "training":
-                os.kill(w["pid"], signal.SIGKILL)
-                self.killed = (run_id, w["pid"])
+            busy = [
+                k
+                for k, w in workers.items()
+                if k != run_id and w["stage"] in ("training", "evaluating")
+            ]
+            if run_id in workers and workers[run_id]["stage"] == "training" and busy:
+                os.kill(workers[run_id]["pid"], signal.SIGKILL)
+                self.killed, self.alongside = (run_id, workers[run_id]["pid"]), busy[0]
 
 
 def kill_resume(config: Path, work: Path) -> tuple[tuple[str, int], dict, Any]:
@@ -101,7 +101,8 @@ def kill_resume(config: Path, work: Path) -> tuple[tuple[str, int], dict, Any]:
     finally:
         killer.stop.set()
         killer.join()
-    assert killer.killed is not None
+    assert killer.killed is not None, "the round's runs were never in progress at once"
+    assert killer.alongside is not None
     assert killer.killed[0] in str(lost.value) and "again" in str(lost.value)
     at_kill = {
         r["id"]: r for rs in runs_by_round(config.parent / "registry.sqlite").values() for r in rs
@@ -191,8 +192,7 @@ def test_local_processes_run_a_round_in_parallel_and_rerun_a_killed_worker(tmp_p
     assert "killed by SIGKILL" in at_kill[killed[0]]["failure"]
     assert result.study.status == "finished" and result.decision.action == "stop"
     records = worker_records(tmp_path / "work", 1)
-    assert len(records) == 3 and overlapping(list(records.values()))
-    assert {r["pid"] for r in records.values()}.isdisjoint({os.getpid()})
+    assert len(records) == 3 and {r["pid"] for r in records.values()}.isdisjoint({os.getpid()})
     # the workers' output (here the failing run's warning) went to the runs' folders
     logs = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "work").glob("runs/*/*.log"))
     assert "longer than max_length=64" in logs
@@ -227,8 +227,7 @@ def test_ray_runs_a_round_in_parallel_and_reruns_a_killed_worker(tmp_path, ray_c
     check_killed_run_reran(killed, at_kill, config)
     assert "WorkerCrashedError" in at_kill[killed[0]]["failure"]
     assert result.study.status == "finished" and result.decision.action == "stop"
-    records = worker_records(work, 1)
-    assert len(records) == 3 and overlapping(list(records.values()))
+    assert len(worker_records(work, 1)) == 3
     # Workers read the pinned inputs from storage, byte for byte the originals.
     for key, name in (("prompt", "prompt.md"), ("gate_questions", "gate.json")):
         assert (work / "inputs" / key / name).read_bytes() == (tmp_path / name).read_bytes()

@@ -588,3 +588,18 @@ def test_dense_and_hybrid_with_a_real_embedding_model(tmp_path, monkeypatch):
     (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest), "utf-8")
     with pytest.raises(MismatchError, match="use the model the index was built with"):
         load_index(tmp_path / "d").search(["cat"], 1)
+
+
+def test_bm25s_import_keeps_jax_off_the_gpu():
+    """bm25s runs a JAX op at import; on a GPU machine JAX would reserve 75% of the GPU's memory."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = (
+        "import os; from sftgate.index.store import import_bm25s; import_bm25s(); "
+        "print(os.environ.get('JAX_PLATFORMS'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "cpu"

@@ -56,7 +56,8 @@ def test_a_version_1_database_is_migrated_with_its_data(tmp_path):
     assert reg.schema_version() == len(MIGRATIONS)
     study = reg.study("old")
     assert study is not None and study.id == "s1"
-    assert "full_status" in {r[1] for r in reg.db.execute("PRAGMA table_info(runs)")}
+    columns = {r[1] for r in reg.db.execute("PRAGMA table_info(runs)")}
+    assert {"full_status", "worker_json", "lost", "full_lost"} <= columns
 
 
 def test_a_newer_database_is_refused(tmp_path):
@@ -135,6 +136,27 @@ def test_interrupted_work_goes_back_to_planned(tmp_path):
     assert reg.reset_interrupted(study.id) == [b, c, f"{a} (full set)"]
     assert [r["status"] for r in reg.runs(study.id)] == ["done", "planned", "planned"]
     assert reg.run(a)["full_status"] is None  # type: ignore[index]
+
+
+def test_lost_runs_go_back_to_planned_and_ordinary_failures_stay(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {})
+    lost, failed, full = reg.add_round(study, 1, [(PARAMS, "a"), (PARAMS, "b"), (PARAMS, "c")])
+    worker = {"host": "node-2", "pid": 7, "devices": "1"}
+    reg.update_run(lost, status="failed", failure="lost while training", lost=1, worker_json=worker)
+    reg.update_run(failed, status="failed", failure="OutOfMemoryError")
+    reg.update_run(full, status="done", full_status="failed", full_failure="gone", full_lost=1)
+    assert reg.run(lost)["worker"] == worker  # type: ignore[index]
+    assert reg.reset_interrupted(study.id) == [f"{lost} (lost)", f"{full} (full set, lost)"]
+    rows = {r["id"]: r for r in reg.runs(study.id)}
+    assert (rows[lost]["status"], rows[lost]["lost"], rows[lost]["failure"]) == ("planned", 0, None)
+    assert (rows[failed]["status"], rows[failed]["failure"]) == ("failed", "OutOfMemoryError")
+    assert (rows[full]["status"], rows[full]["full_status"], rows[full]["full_lost"]) == (
+        "done",
+        None,
+        0,
+    )
+    assert reg.reset_interrupted(study.id) == []  # nothing left to restart
 
 
 def test_metrics_and_question_scores_round_trip(tmp_path):
