@@ -36,27 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from shapes import QWEN3_4B  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+from shapes import QWEN3_4B, TINY  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 from sftgate.generate import static_generate_batch
-
-TINY = dict(
-    vocab_size=1000,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=4096,
-    tie_word_embeddings=True,
-)
 
 
 def build_model(tiny: bool, device: str) -> Any:
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    config = Qwen3Config(**(TINY if tiny else QWEN3_4B))
+    config = Qwen3Config(**(dict(TINY, vocab_size=1000) if tiny else QWEN3_4B))
     dtype = torch.float32 if tiny else torch.bfloat16
     torch.manual_seed(0)
     with torch.device(device):

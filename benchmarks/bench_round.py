@@ -28,26 +28,17 @@ import shutil
 import time
 import traceback
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-from shapes import QWEN3_4B  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+from shapes import QWEN3_4B, TINY  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+
+from sftgate.provenance import library_versions
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "sample"
 LIBS = ("torch", "transformers", "peft", "bitsandbytes", "liger-kernel", "sftgate", "ray")
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=8192,
-    tie_word_embeddings=True,
-)
 
 
 def sample_texts() -> list[str]:
@@ -124,13 +115,7 @@ def machine(device: str) -> dict[str, Any]:
     import os
 
     info["cpus"] = os.cpu_count()
-    versions = {}
-    for lib in LIBS:
-        try:
-            versions[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
-    return info | {"libraries": versions}
+    return info | {"libraries": library_versions(LIBS)}
 
 
 def run_mode(

@@ -14,3 +14,15 @@ QWEN3_4B = dict(
     rope_theta=1_000_000.0,
     rms_norm_eps=1e-6,
 )
+
+# A 2-layer model of the same family for CPU dry runs of the benchmark scripts.
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+)
