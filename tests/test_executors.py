@@ -247,3 +247,50 @@ def test_ray_refuses_a_cluster_without_the_gpus_a_run_asks_for(tmp_path, ray_clu
         open_executor(
             ExecutorConfig(kind="ray", address=ray_cluster.address, storage=str(tmp_path))
         )
+
+
+def test_local_executor_spreads_runs_over_the_visible_gpus(monkeypatch):
+    """The slot-to-GPU mapping, with the GPU count faked (no GPU here); the next test checks
+    that a child really runs with its slot's CUDA_VISIBLE_DEVICES."""
+    import sftgate.executors as ex
+
+    monkeypatch.setattr(ex, "visible_gpus", lambda: ["2", "5"])  # CUDA_VISIBLE_DEVICES=2,5
+    cases = [
+        (ExecutorConfig(), ["2", "5"]),  # one run per GPU
+        (ExecutorConfig(gpus=[1]), ["5"]),  # one chosen GPU: a child process pinned to it
+        (ExecutorConfig(parallel_runs=3), ["2", "5", "2"]),  # more runs than GPUs share them
+        (ExecutorConfig(gpus=[0], parallel_runs=2), ["2", "2"]),
+    ]
+    for config, devices in cases:
+        executor = open_executor(config)
+        assert isinstance(executor, ex.LocalProcesses) and executor.devices == devices
+    assert open_executor(ExecutorConfig(parallel_runs=1)) is None  # one at a time, in-process
+    with pytest.raises(Exception, match="names \\[2\\]"):
+        open_executor(ExecutorConfig(gpus=[2]))
+
+
+def test_each_child_process_runs_with_its_slots_devices(tmp_path):
+    from sftgate.executors import LocalProcesses, read_worker
+    from sftgate.runner import RunSpec
+
+    def spec(n: int) -> RunSpec:  # a full-set evaluation without an adapter fails at once
+        return RunSpec(
+            run_id=f"r-{n}", split="full", params={}, model="tiny-qwen3", quantization="auto",
+            gradient_checkpointing=None, prompt="p.md", train_questions="t.json",
+            train_contexts=None, eval_questions="f.json", eval_contexts=None,
+            run_dir=str(tmp_path / f"r-{n}"), decode={}, progress=False,
+        )  # fmt: skip
+
+    executor = LocalProcesses(["3", "7"], threads=1)
+    for n in range(2):
+        executor.start(spec(n))
+    outcomes = []
+    deadline = time.monotonic() + 120
+    while len(outcomes) < 2 and time.monotonic() < deadline:
+        outcomes += executor.wait(timeout_s=1)
+    executor.close()
+    assert sorted(o.run_id for o in outcomes) == ["r-0", "r-1"]
+    assert all(o.status == "failed" and not o.lost for o in outcomes)
+    assert all("no finished adapter" in (o.failure or "") for o in outcomes)
+    assert [read_worker(spec(n))["devices"] for n in range(2)] == ["3", "7"]  # type: ignore[index]
+    assert [o.worker["devices"] for o in sorted(outcomes, key=lambda o: o.run_id)] == ["3", "7"]  # type: ignore[index]
