@@ -144,7 +144,7 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def evaluate(
-    config: EvalConfig, *, progress: bool = True, on_batch: Callable[[int], None] | None = None
+    config: EvalConfig, *, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
 ) -> EvalResult:
     import torch
     from rich.progress import (
@@ -278,7 +278,7 @@ def evaluate(
                 skip=lambda batch: all(ids[i] in done for i in batch),
             )
         )
-        for n, gens in enumerate(batches):
+        for gens in batches:
             fresh = [g for g in gens if ids[g.index] not in done]
             f.write(
                 "".join(json.dumps(row(ids[g.index], g), ensure_ascii=False) + "\n" for g in fresh)
@@ -288,8 +288,8 @@ def evaluate(
             for g in fresh:
                 done[ids[g.index]] = row(ids[g.index], g)
             bar.update(task, advance=len(fresh))
-            if on_batch is not None:
-                on_batch(n)
+            if on_batch is not None:  # questions done, of all
+                on_batch(len(done), len(ids))
     wall = time.perf_counter() - started
 
     merge_check = None

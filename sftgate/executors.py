@@ -151,13 +151,26 @@ def work(spec: RunSpec) -> RunOutcome:
         "started": time.time(),
     }
 
-    def on_stage(stage: str) -> None:
-        record = {**info, "stage": stage, "updated": time.time()}
-        atomic_write_text(worker_file(spec), json.dumps(record))
+    state: dict[str, Any] = {"stage": "starting", "progress": None}
+    last_write = 0.0
 
-    on_stage("starting")
+    def write() -> None:
+        nonlocal last_write
+        last_write = time.monotonic()
+        atomic_write_text(worker_file(spec), json.dumps({**info, **state, "updated": time.time()}))
+
+    def on_stage(stage: str) -> None:
+        state.update(stage=stage, progress=None)
+        write()
+
+    def on_progress(done: int, total: int) -> None:  # at most one write a second
+        state["progress"] = [done, total]
+        if time.monotonic() - last_write >= 1.0 or done == total:
+            write()
+
+    write()
     with _output_to(Path(spec.run_dir) / f"worker-{spec.split}.log"):
-        outcome = execute_run(spec, on_stage)
+        outcome = execute_run(spec, on_stage, on_progress)
     on_stage(outcome.status)
     return replace(outcome, worker=info)
 

@@ -99,8 +99,13 @@ def finished_evaluation(
     return json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")), meta
 
 
-def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) -> RunOutcome:
-    """Do one run and return its outcome; any error (out of memory, NaN loss, a crash) is a
+def execute_run(
+    spec: RunSpec,
+    on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RunOutcome:
+    """Do one run and return its outcome (`on_stage`: training, evaluating; `on_progress`: the
+    stage's steps or questions done, of all); any error (out of memory, NaN loss, a crash) is a
     failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
     A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
     its last finished batch."""
@@ -131,7 +136,7 @@ def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) ->
                 gradient_checkpointing=spec.gradient_checkpointing,
                 params=TrainParams.model_validate(spec.params),
             )
-            train_meta = train(config, progress=spec.progress).metadata
+            train_meta = train(config, progress=spec.progress, on_step=on_progress).metadata
             train_s = time.perf_counter() - t0
         assert train_meta is not None
         finished = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
@@ -163,6 +168,7 @@ def execute_run(spec: RunSpec, on_stage: Callable[[str], None] | None = None) ->
                 decode=DecodeSettings.model_validate(spec.decode),
             ),
             progress=spec.progress,
+            on_batch=on_progress,
         )
         eval_s = time.perf_counter() - t0
         return RunOutcome(

@@ -463,6 +463,7 @@ class LiveView:
         self.remaining = 0  # runs of the round not finished
         self.active: dict[str, tuple[str, float, str]] = {}  # run -> (stage, since, where)
         self.started: dict[str, float] = {}  # run -> when it started
+        self.progress: dict[str, tuple[int, int]] = {}  # run -> (done, total) in its stage
 
     def set_round(self, round_: int | str, runs: int) -> None:
         self.round, self.remaining = str(round_), runs
@@ -471,6 +472,10 @@ class LiveView:
     def set_stage(self, run: str, stage: str, where: str = "") -> None:
         self.active[run] = (stage, time.monotonic(), where)
         self.started.setdefault(run, time.monotonic())
+        self.progress.pop(run, None)
+
+    def set_progress(self, run: str, done: int, total: int) -> None:
+        self.progress[run] = (done, total)
 
     def finish(self, run: str) -> None:
         self.active.pop(run, None)
@@ -495,7 +500,12 @@ class LiveView:
         now = time.monotonic()
         for run, (stage, since, where) in self.active.items():
             at = f" on {where}" if where else ""
-            grid.add_row("run", f"{run}: {stage} ({now - since:.0f} s){at}")
+            done = ""
+            if run in self.progress:
+                n, total = self.progress[run]
+                unit = "steps" if stage == "training" else "questions"
+                done = f" {n}/{total} {unit},"
+            grid.add_row("run", f"{run}: {stage}{done} ({now - since:.0f} s){at}")
         queued = self.remaining - len(self.active)
         if queued > 0:
             grid.add_row("queued", f"{queued} run(s)")
@@ -611,9 +621,13 @@ def run_all(
                 outcomes.append(outcome)
             for run_id, (spec, seen) in list(running.items()):
                 worker = read_worker(spec)
-                if worker and worker["stage"] != seen and worker["stage"] not in ("done", "failed"):
+                if not worker or worker["stage"] in ("done", "failed"):
+                    continue
+                if worker["stage"] != seen:
                     running[run_id] = (spec, worker["stage"])
                     stage_to_registry(spec, worker["stage"], worker)
+                if worker["progress"]:
+                    view.set_progress(run_id, *worker["progress"])
     except BaseException:
         executor.close()  # leaves the started runs in training/evaluating: a resume restarts them
         raise

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -502,7 +502,13 @@ class TrainingFailed(SftgateError):
     """Training could not finish (NaN loss, out of memory); the message says why."""
 
 
-def train(config: TrainConfig, *, progress: bool = True, device: str | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    device: str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainResult:
     import torch
     from rich.progress import (
         BarColumn,
@@ -664,6 +670,8 @@ def train(config: TrainConfig, *, progress: bool = True, device: str | None = No
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(round(step_loss, 6))
                 bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+                if on_step is not None:
+                    on_step(len(losses), p.max_steps)
         wall = time.perf_counter() - started
 
     adapter_id = str(uuid.uuid4())

@@ -129,9 +129,8 @@ def test_resume_after_kill_gives_identical_files(tmp_path, adapter):
     class Killed(Exception):
         pass
 
-    def kill_after_first(n):
-        if n == 0:
-            raise Killed
+    def kill_after_first(done, total):
+        raise Killed
 
     cfg = eval_config(tmp_path / "b", adapter, merge_check_questions=0)
     with pytest.raises(Killed):
@@ -150,7 +149,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     cfg = eval_config(tmp_path, None)
     with pytest.raises(RuntimeError):
         evaluate(
-            cfg, progress=False, on_batch=lambda n: (_ for _ in ()).throw(RuntimeError("kill"))
+            cfg,
+            progress=False,
+            on_batch=lambda done, total: (_ for _ in ()).throw(RuntimeError("kill")),
         )
     with pytest.raises(MismatchError, match="decoding"):
         evaluate(eval_config(tmp_path, None, max_new_tokens=25), progress=False)

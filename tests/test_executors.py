@@ -294,3 +294,43 @@ def test_each_child_process_runs_with_its_slots_devices(tmp_path):
     assert all("no finished adapter" in (o.failure or "") for o in outcomes)
     assert [read_worker(spec(n))["devices"] for n in range(2)] == ["3", "7"]  # type: ignore[index]
     assert [o.worker["devices"] for o in sorted(outcomes, key=lambda o: o.run_id)] == ["3", "7"]  # type: ignore[index]
+
+
+def test_a_worker_reports_its_stages_and_progress(tmp_path, monkeypatch):
+    """`work` (the body of every worker) on a real tiny run: the worker file goes through each
+    stage with steps and questions done, which the driver shows per run."""
+    import sftgate.executors as ex
+    from sftgate.search import LiveView, load_study_config, pin_inputs, prepare_contexts, run_spec
+
+    config = load_study_config(make_project(tmp_path))
+    inputs = pin_inputs(config)
+    prepare_contexts(config, inputs)
+    spec = run_spec(config, inputs, {"id": "r0-0-w", "params": {"max_steps": 3}}, "gate", False)
+    written: list[dict] = []
+    real = ex.atomic_write_text
+
+    def spy(path, text):  # the real write, remembered
+        written.append(json.loads(text))
+        real(path, text)
+
+    monkeypatch.setattr(ex, "atomic_write_text", spy)
+    outcome = ex.work(spec)
+    assert outcome.status == "done" and outcome.worker["pid"] == os.getpid()  # type: ignore[index]
+    stages = [w["stage"] for w in written]
+    assert stages[0] == "starting" and stages[-1] == "done"
+    assert stages.index("training") < stages.index("evaluating")
+    progress = {(w["stage"], tuple(w["progress"])) for w in written if w["progress"]}
+    assert ("training", (3, 3)) in progress and ("evaluating", (3, 3)) in progress
+    assert "r0-0-w" in (tmp_path / "work" / "runs" / "r0-0-w" / "worker-gate.json").read_text()
+
+    view = LiveView("s", [10.0], enabled=False, slots=3)
+    view.set_round(1, 3)
+    view.set_stage("r1-0", "training", "node-2 pid 7 GPU 1")
+    view.set_progress("r1-0", 12, 40)
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    assert "r1-0: training 12/40 steps" in text and "node-2 pid 7 GPU 1" in text
+    assert "2 run(s)" in text  # queued
