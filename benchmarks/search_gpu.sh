@@ -37,6 +37,10 @@ p["thresholds"]["smoke_schema"] = 0.0
 p["round0"]["max_steps"] //= div
 for c in p["round1"]:
     c["max_steps"] //= div
+p["round1_reasons"] = [
+    f"{name}: lr {c['lr']:g}, {c['max_steps']} steps (seed / {div})"
+    for name, c in zip(("base", "conservative", "stronger"), p["round1"])
+]
 p["steps_delta"] //= div
 yaml.safe_dump(study, open("examples/sample/study_gpu_timing.yaml", "w", encoding="utf-8"), allow_unicode=True)
 EOF
