@@ -15,6 +15,7 @@ loss) is an ordinary failure, as in one process.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -106,8 +107,6 @@ def worker_file(spec: RunSpec) -> Path:
 
 
 def read_worker(spec: RunSpec) -> dict[str, Any] | None:
-    import json
-
     try:
         return dict(json.loads(worker_file(spec).read_text(encoding="utf-8")))
     except (FileNotFoundError, ValueError):  # not started yet, or being replaced
@@ -139,8 +138,6 @@ def _output_to(path: Path) -> Iterator[None]:
 def work(spec: RunSpec) -> RunOutcome:
     """A worker's whole job: report where it runs and each stage, run the spec, log to the run's
     folder. The same in a child process and in a Ray task."""
-    import json
-
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     info = {
         "run_id": spec.run_id,
@@ -262,7 +259,10 @@ class LocalProcesses:
                     else f"the process exited with code {code}"
                 )
                 outcome = lost_outcome(spec, _death(spec, how), read_worker(spec))
-            proc.join()
+            proc.join(timeout=60)  # the outcome is in; a child stuck while exiting is ended
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
             conn.close()
             del self.running[run_id]
             self.free.append(slot)
