@@ -1,6 +1,7 @@
 """Executors: the study's runs in child processes and as Ray tasks on a local Ray cluster with CPU
-workers, with tiny-qwen3 for real (training, evaluation, registry); a worker killed mid-run is
-recorded as lost and the resumed study runs it again without redoing anything finished."""
+workers, with tiny-qwen3 for real (training, evaluation, registry). A worker killed mid-run, or a
+Ray node taken away mid-run, leaves its runs recorded as lost; the resumed study runs them again
+without redoing anything finished."""
 
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ class Killer(threading.Thread):
     of its round is training or evaluating at the same moment: the kill happens only if the
     round's runs are in progress in parallel."""
 
-    def __init__(self, root: Path, work: Path):
+    def __init__(self, root: Path, work: Path, kill: Any = None):
         super().__init__(daemon=True)
         self.root, self.work = root, work
+        self.kill = kill or (lambda pid: os.kill(pid, signal.SIGKILL))
         self.killed: tuple[str, int] | None = None
         self.alongside: str | None = None  # a run of the round in progress at the kill
         self.stop = threading.Event()
@@ -87,13 +89,13 @@ class Killer(threading.Thread):
                 if k != run_id and w["stage"] in ("training", "evaluating")
             ]
             if run_id in workers and workers[run_id]["stage"] == "training" and busy:
-                os.kill(workers[run_id]["pid"], signal.SIGKILL)
+                self.kill(workers[run_id]["pid"])
                 self.killed, self.alongside = (run_id, workers[run_id]["pid"]), busy[0]
 
 
-def kill_resume(config: Path, work: Path) -> tuple[tuple[str, int], dict, Any]:
+def kill_resume(config: Path, work: Path, kill: Any = None) -> tuple[tuple[str, int], dict, Any]:
     """Search with a worker killed mid-run (the search stops with RunsLost), then resume."""
-    killer = Killer(config.parent, work)
+    killer = Killer(config.parent, work, kill)
     killer.start()
     try:
         with pytest.raises(RunsLost, match="lost while training") as lost:
@@ -203,26 +205,33 @@ def test_local_processes_run_a_round_in_parallel_and_rerun_a_killed_worker(tmp_p
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray cluster: a head node with three CPU workers' worth of CPUs."""
+    """A local Ray cluster of CPU workers: a head node that runs no tasks and two worker nodes
+    (1 and 2 CPUs), so that a node can be taken away mid-run."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False}
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
     )
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=2)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
 
 
+def ray_config(root: Path, cluster: Any) -> tuple[Path, Path]:
+    storage = root / "shared"
+    config = with_executor(
+        make_project(root, **ROUND1),
+        {"kind": "ray", "address": cluster.address, "storage": str(storage), "gpus_per_run": 0},
+    )
+    return config, storage / "tiny-study"
+
+
 @pytest.mark.slow
 def test_ray_runs_a_round_in_parallel_and_reruns_a_killed_worker(tmp_path, ray_cluster):
-    storage = tmp_path / "shared"
-    config = with_executor(
-        make_project(tmp_path, **ROUND1),
-        {"kind": "ray", "address": ray_cluster.address, "storage": str(storage), "gpus_per_run": 0},
-    )
-    work = storage / "tiny-study"
+    config, work = ray_config(tmp_path, ray_cluster)
     killed, at_kill, result = kill_resume(config, work)
     check_killed_run_reran(killed, at_kill, config)
     assert "WorkerCrashedError" in at_kill[killed[0]]["failure"]
@@ -334,3 +343,35 @@ def test_a_worker_reports_its_stages_and_progress(tmp_path, monkeypatch):
     text = console.export_text()
     assert "r1-0: training 12/40 steps" in text and "node-2 pid 7 GPU 1" in text
     assert "2 run(s)" in text  # queued
+
+
+@pytest.mark.slow
+def test_ray_node_lost_mid_run_is_recorded_and_rerun(tmp_path, ray_cluster):
+    """The node running a run goes away (its raylet and workers are killed); runs last in this
+    module, since the cluster has one node less afterwards."""
+    import psutil
+    from ray._private import ray_constants
+
+    def remove_node_of(pid: int) -> None:
+        parents = {p.pid for p in psutil.Process(pid).parents()}
+        for node in ray_cluster.worker_nodes:
+            raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+            if raylet in parents:
+                ray_cluster.remove_node(node, allow_graceful=False)
+                return
+        raise AssertionError(f"no worker node runs pid {pid}")
+
+    config, work = ray_config(tmp_path, ray_cluster)
+    (victim, _), at_kill, result = kill_resume(config, work, remove_node_of)
+    lost = {k for k, r in at_kill.items() if r["lost"]}  # every run that was on that node
+    assert victim in lost and "NodeDiedError" in at_kill[victim]["failure"]
+    assert all(at_kill[k]["status"] == "failed" for k in lost)
+    after = {r["id"]: r for rs in runs_by_round(tmp_path / "registry.sqlite").values() for r in rs}
+    for k, r in at_kill.items():
+        if r["status"] == "done":  # nothing finished is redone
+            assert after[k]["updated_at"] == r["updated_at"]
+    assert after[victim]["status"] == "done" and not any(r["lost"] for r in after.values())
+    ordinary = [r for r in after.values() if r["status"] == "failed"]
+    assert len(ordinary) == 1 and "max_length=64" in ordinary[0]["failure"]
+    assert len(ray_cluster.worker_nodes) == 1  # the resumed study ran on the node left
+    assert result.study.status == "finished" and result.decision.action == "stop"
