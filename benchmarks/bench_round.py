@@ -53,9 +53,8 @@ def sample_tokenizer(vocab_size: int) -> Any:
     """tiny-qwen3's tokenizer (bytes, Qwen3's special tokens and chat template) with BPE merges
     learnt from the sample's text: about one token per CJK character, as with Qwen3's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    from sftgate.tiny import QWEN3_STYLE_CHAT_TEMPLATE, SPECIAL_TOKENS
+    from sftgate.tiny import SPECIAL_TOKENS, qwen3_style_tokenizer
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,14 +66,7 @@ def sample_tokenizer(vocab_size: int) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(sample_texts(), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:2] + SPECIAL_TOKENS[3:],
-    )
-    tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
-    return tokenizer
+    return qwen3_style_tokenizer(tok)
 
 
 def build_checkpoint(path: Path, tiny: bool, device: str) -> dict[str, Any]:

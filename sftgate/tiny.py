@@ -38,13 +38,22 @@ def build_tiny_tokenizer() -> Any:
     character costs three tokens, which only matters for length budgets in demos.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
+    tokenizer = qwen3_style_tokenizer(tok)
+    tokenizer.name_or_path = TINY_MODEL_ID
+    return tokenizer
+
+
+def qwen3_style_tokenizer(tok: Any) -> Any:
+    """A `tokenizers.Tokenizer` as a transformers tokenizer with Qwen3's special tokens (end of
+    turn as eos) and a Qwen3-style chat template."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -52,7 +61,6 @@ def build_tiny_tokenizer() -> Any:
         additional_special_tokens=SPECIAL_TOKENS[1:2] + SPECIAL_TOKENS[3:],
     )
     tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
-    tokenizer.name_or_path = TINY_MODEL_ID
     return tokenizer
 
 
