@@ -106,7 +106,8 @@ def set_version(questions: Sequence[Question]) -> str:
     return sha256_json(items)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A user's text file, UTF-8 (a BOM is dropped); a missing or undecodable file is an InputError."""
     try:
         return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
@@ -123,6 +124,29 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+def jsonl_records(path: Path, text: str, fix: str) -> tuple[list[tuple[str, Any]], list[Problem]]:
+    """(location, value) for every non-blank line of a JSONL text, and a problem naming each
+    line that is not JSON (with `fix` as what to do)."""
+    records: list[tuple[str, Any]] = []
+    problems = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            problems.append(
+                Problem(
+                    str(path),
+                    f"line {lineno}",
+                    "",
+                    f"not valid JSON: {e.msg} (column {e.colno})",
+                    fix,
+                )
+            )
+    return records, problems
+
+
 def read_json_records(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Read a JSON list / {"questions": [...]} object / JSONL file.
 
@@ -130,36 +154,19 @@ def read_json_records(path: str | Path) -> tuple[dict[str, Any], list[tuple[str,
     Raises InputError for syntax errors, reporting every bad JSONL line at once.
     """
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     stripped = text.lstrip()
     meta: dict[str, Any] = {}
     if path.suffix == ".jsonl" or (stripped and stripped[0] == "{" and "\n{" in stripped.rstrip()):
-        records: list[tuple[str, Any]] = []
-        problems = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(
-                    Problem(
-                        str(path),
-                        f"line {lineno}",
-                        "",
-                        f"not valid JSON: {e.msg} (column {e.colno})",
-                        "fix the line",
-                    )
-                )
-                continue
-            if not records and isinstance(obj, dict) and set(obj) == {"_meta"}:
-                meta = (
-                    obj["_meta"] if isinstance(obj["_meta"], dict) else {"_invalid": obj["_meta"]}
-                )
-                continue
-            records.append((f"line {lineno}", obj))
+        records, problems = jsonl_records(path, text, "fix the line")
         if problems:
             raise InputError(problems)
+        first = records[0][1] if records else None
+        if isinstance(first, dict) and set(first) == {"_meta"}:
+            meta = (
+                first["_meta"] if isinstance(first["_meta"], dict) else {"_invalid": first["_meta"]}
+            )
+            records = records[1:]
         return meta, records
     try:
         data = json.loads(text)

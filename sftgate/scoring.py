@@ -19,7 +19,7 @@ import numpy as np
 from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
 from sftgate.paths import package_resource
-from sftgate.questions import Passage, QuestionSet, Reference
+from sftgate.questions import Passage, QuestionSet, Reference, jsonl_records, read_text
 from sftgate.textnorm import squash_ws, tokens
 
 SCORING_VERSION = "eval_json_v2.0"
@@ -333,37 +333,6 @@ def paired_comparison(
 # ---------------------------------------------------------------- files
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[Problem]]:
-    """(location, value) for every non-blank line, and a problem for each line that is not JSON."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(Problem(str(path), "", "", "file not found", "check the path")) from None
-    except UnicodeDecodeError as e:
-        raise InputError(
-            Problem(
-                str(path), "", "", f"not UTF-8 (invalid byte at offset {e.start})", "save as UTF-8"
-            )
-        ) from None
-    records, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            problems.append(
-                Problem(
-                    str(path),
-                    f"line {lineno}",
-                    "",
-                    f"not valid JSON: {e.msg} (column {e.colno})",
-                    'write one {"id": ..., "output": ...} object per line',
-                )
-            )
-    return records, problems
-
-
 def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]:
     """Predictions JSONL, one {"id", "output", ...} object per line (other keys are allowed).
 
@@ -372,7 +341,9 @@ def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]
     a prediction.
     """
     path = Path(path)
-    records, problems = _read_jsonl(path)
+    records, problems = jsonl_records(
+        path, read_text(path), 'write one {"id": ..., "output": ...} object per line'
+    )
     known = questions.by_id
     outputs: dict[str, str] = {}
     first_seen: dict[str, str] = {}
