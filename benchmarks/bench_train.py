@@ -45,7 +45,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from shapes import QWEN3_4B  # noqa: E402 - benchmarks/ is on sys.path when a sc
 
 from sftgate.models import load_model
 from sftgate.params import TrainParams
+from sftgate.provenance import library_versions
 from sftgate.tiny import build_tiny_tokenizer
 from sftgate.train import (
     IGNORE,
@@ -535,13 +535,7 @@ def machine(device: str) -> dict[str, Any]:
                  "cuda": torch.version.cuda}  # fmt: skip
     else:
         info["cpu"] = platform.processor() or platform.machine()
-    versions = {}
-    for lib in LIBS:
-        try:
-            versions[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
-    return info | {"libraries": versions}
+    return info | {"libraries": library_versions(LIBS)}
 
 
 def main() -> int:

@@ -203,15 +203,18 @@ class Executor(Protocol):
     def where(self) -> str: ...
 
 
-def _death(spec: RunSpec, how: str) -> str:
-    last = read_worker(spec) or {}
+def _lost(spec: RunSpec, how: str) -> RunOutcome:
+    """The outcome of a run whose worker died, from what its worker file said last."""
+    worker = read_worker(spec)
+    last = worker or {}
     where = f" ({last['host']} pid {last['pid']})" if last else ""
     log = Path(spec.run_dir) / f"worker-{spec.split}.log"
     see = f"; its output: {log}" if log.exists() else ""
-    return (
+    reason = (
         f"lost while {last.get('stage', 'starting')}: {how}{where}{see}. "
         "Resuming the study runs it again"
     )
+    return lost_outcome(spec, reason, worker)
 
 
 class LocalProcesses:
@@ -258,7 +261,7 @@ class LocalProcesses:
                     if code is not None and code < 0
                     else f"the process exited with code {code}"
                 )
-                outcome = lost_outcome(spec, _death(spec, how), read_worker(spec))
+                outcome = _lost(spec, how)
             proc.join(timeout=60)  # the outcome is in; a child stuck while exiting is ended
             if proc.is_alive():
                 proc.kill()
@@ -339,7 +342,7 @@ class RayTasks:
             except ray.exceptions.RayError as e:  # worker or node died, object lost, ...
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 how = f"{type(e).__name__}: {first}"
-                finished.append(lost_outcome(spec, _death(spec, how), read_worker(spec)))
+                finished.append(_lost(spec, how))
         return finished
 
     def close(self) -> None:
