@@ -5,9 +5,9 @@ index and the contexts files, put interrupted runs back to planned, then loop: e
 runs, ask the planner, record its decision (with the next round's runs, in one transaction), until
 it says stop; then write the report.
 
-Only the driver writes the registry. `execute_run(spec) -> RunOutcome` does the work of one run
-(train + gate evaluation, or a full-set evaluation) from plain data and never raises for a failed
-run, so another executor can run specs elsewhere and hand the outcomes back.
+Only the driver writes the registry. One run's work is `sftgate.runner.execute_run(spec)`, from
+plain data; the executor (`sftgate.executors`: this process, a child process per GPU, or Ray
+tasks) runs the specs and hands the outcomes back to `run_all`, which records them.
 """
 
 from __future__ import annotations
