@@ -1,5 +1,5 @@
 """Round benchmark: one round of three configs run one after another, then in parallel, through
-the search's own `run_all` (train + gate evaluation per run, registry writes included).
+the search's own `execute` (sftgate/search/driver.py) (train + gate evaluation per run, registry writes included).
 
     PYTHONPATH=. python benchmarks/bench_round.py --out DIR          # CUDA: random Qwen3-4B shape
     PYTHONPATH=. python benchmarks/bench_round.py --tiny --out DIR   # CPU dry run, tiny shape
@@ -113,17 +113,13 @@ def machine(device: str) -> dict[str, Any]:
 def run_mode(
     mode: str, args: argparse.Namespace, checkpoint: Path, slots: list[str | None]
 ) -> dict:
-    from sftgate.executors import LocalProcesses
-    from sftgate.registry import Registry
-    from sftgate.search import (
-        LiveView,
-        inputs_for_workers,
-        load_study_config,
-        pin_inputs,
-        prepare_contexts,
-        run_all,
-        run_spec,
-    )
+    from sftgate.search.driver import Specs, execute
+    from sftgate.search.executors import InProcess, LocalProcesses
+    from sftgate.search.inputs import inputs_for_workers, pin_inputs, prepare_contexts
+    from sftgate.search.live import LiveView
+    from sftgate.search.planner import with_changes
+    from sftgate.search.registry import Registry
+    from sftgate.search.study import load_study_config
 
     root = Path(args.workdir) / mode
     shutil.rmtree(root, ignore_errors=True)  # a fresh study: nothing reused from an earlier run
@@ -142,10 +138,13 @@ def run_mode(
     workers = inputs_for_workers(config)
     configs = [
         (
-            {**c, "max_steps": max(1, round(c["max_steps"] * args.steps_scale))},
+            with_changes(
+                config.policy.round0,
+                {**c, "max_steps": max(1, round(c["max_steps"] * args.steps_scale))},
+            ),
             f"round-1 config {i}",
         )
-        for i, c in enumerate(config.policy.model_dump(mode="json")["round1"])
+        for i, c in enumerate(config.policy.round1)
     ]
     assert len(configs) == 3
     reg = Registry(config.registry)
@@ -153,17 +152,19 @@ def run_mode(
         study, _ = reg.open_study(config.name, inputs.pins, "bench", config.model_dump(mode="json"))
         reg.add_round(study, 1, configs)
         runs = reg.runs(study.id)
-        specs = [run_spec(workers, inputs, r, "gate", progress=False) for r in runs]
+        make = Specs(workers, inputs, progress=False)
+        specs = [make.spec(r.id, r.params, "gate") for r in runs]
         executor = (
-            LocalProcesses(slots, threads=None if slots[0] else 1) if mode == "parallel" else None
+            LocalProcesses(slots, threads=None if slots[0] else 1)
+            if mode == "parallel"
+            else InProcess()
         )
         view = LiveView(study.name, [], enabled=False, slots=len(slots))
         t0 = time.perf_counter()
         try:
-            outcomes = run_all(specs, executor, reg, view, [])
+            outcomes = execute(specs, executor, reg, view)
         finally:
-            if executor is not None:
-                executor.close()
+            executor.close()
         wall = time.perf_counter() - t0
         params = {spec.run_id: spec.params for spec in specs}
     finally:
@@ -174,7 +175,9 @@ def run_mode(
         "runs": [
             {
                 "run_id": o.run_id,
-                "params": {k: params[o.run_id][k] for k in ("lr", "max_steps", "max_length")},
+                "params": {
+                    k: getattr(params[o.run_id], k) for k in ("lr", "max_steps", "max_length")
+                },
                 "status": o.status,
                 "failure": o.failure,
                 "train_s": round(o.train_s, 1) if o.train_s else None,
@@ -204,7 +207,7 @@ def main() -> int:
     ap.add_argument("--modes", default="parallel,sequential")
     args = ap.parse_args()
 
-    from sftgate.executors import visible_gpus
+    from sftgate.search.executors import visible_gpus
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     gpus = visible_gpus() if device == "cuda" else []

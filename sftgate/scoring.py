@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
@@ -289,6 +290,31 @@ def aggregate(
     }
 
 
+class Metrics(BaseModel):
+    """A run's aggregate metrics on one question set: `aggregate`'s keys, typed. The planner reads
+    only the five the seed names, so a scripted history (`sftgate plan --history`) may give just
+    those; a search always records all of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # In the order `aggregate` writes them, so that to_json() gives the file's bytes back.
+    eval_score_avg: float
+    eval_score_ci95: tuple[float, float] | None = None
+    schema_pass_rate: float
+    grounding_avg: float
+    detailed_description_f1: float
+    original_evidence: float
+    answer_f1: float | None = None
+    context_recall: float | None = None
+    n: int | None = None
+    scoring_version: str | None = None
+    eval_set_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.json object (the keys `aggregate` and `score_predictions` write)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 def paired_comparison(
     a: Sequence[QuestionScore],
     b: Sequence[QuestionScore],
@@ -307,7 +333,18 @@ def paired_comparison(
             raise MismatchError(
                 f"paired comparison: the {name} set scores {len(repeated)} question(s) more than once ({repeated[:3]})"
             )
-    sa, sb = {s.id: s.eval_score for s in a}, {s.id: s.eval_score for s in b}
+    return paired_difference(
+        {s.id: s.eval_score for s in a},
+        {s.id: s.eval_score for s in b},
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+def paired_difference(
+    sa: Mapping[str, float], sb: Mapping[str, float], *, n_bootstrap: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """`paired_comparison` over question id -> eval_score maps."""
     if set(sa) != set(sb):
         only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
         raise MismatchError(

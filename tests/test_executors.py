@@ -18,9 +18,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sftgate.executors import ExecutorConfig, open_executor
-from sftgate.registry import Registry
 from sftgate.search import RunsLost, StudyConfig, search
+from sftgate.search.executors import ExecutorConfig, InProcess, open_executor
+from sftgate.search.registry import Registry
 from tests.test_search import make_project, runs_by_round
 
 ROUND1 = dict(
@@ -175,9 +175,9 @@ def test_study_executor_shorthand_and_storage(tmp_path):
 
 
 def test_local_executor_on_a_cpu():
-    assert open_executor(ExecutorConfig()) is None  # no GPU: runs in the search's process
+    assert isinstance(open_executor(ExecutorConfig()), InProcess)  # no GPU: the search's process
     two = open_executor(ExecutorConfig(parallel_runs=2))
-    assert two is not None and two.capacity == 2 and "on the CPU" in two.where()
+    assert two.capacity == 2 and "on the CPU" in two.where()
     two.close()
     with pytest.raises(Exception, match="shows 0 GPU"):
         open_executor(ExecutorConfig(gpus=[0]))
@@ -244,7 +244,7 @@ def test_ray_runs_a_round_in_parallel_and_reruns_a_killed_worker(tmp_path, ray_c
     reg = Registry(tmp_path / "registry.sqlite")
     try:
         rows = reg.runs(result.study.id)
-        assert all(r["gate_dir"].startswith(str(work)) for r in rows if r["status"] == "done")
+        assert all(r.gate_dir.startswith(str(work)) for r in rows if r.state.value == "done")  # type: ignore[union-attr]
     finally:
         reg.close()
 
@@ -261,7 +261,7 @@ def test_ray_refuses_a_cluster_without_the_gpus_a_run_asks_for(tmp_path, ray_clu
 def test_local_executor_spreads_runs_over_the_visible_gpus(monkeypatch):
     """The slot-to-GPU mapping, with the GPU count faked (no GPU here); the next test checks
     that a child really runs with its slot's CUDA_VISIBLE_DEVICES."""
-    import sftgate.executors as ex
+    import sftgate.search.executors as ex
 
     monkeypatch.setattr(ex, "visible_gpus", lambda: ["2", "5"])  # CUDA_VISIBLE_DEVICES=2,5
     cases = [
@@ -273,30 +273,43 @@ def test_local_executor_spreads_runs_over_the_visible_gpus(monkeypatch):
     for config, devices in cases:
         executor = open_executor(config)
         assert isinstance(executor, ex.LocalProcesses) and executor.devices == devices
-    assert open_executor(ExecutorConfig(parallel_runs=1)) is None  # one at a time, in-process
+    assert isinstance(open_executor(ExecutorConfig(parallel_runs=1)), InProcess)  # one at a time
     with pytest.raises(Exception, match="names \\[2\\]"):
         open_executor(ExecutorConfig(gpus=[2]))
 
 
 def test_each_child_process_runs_with_its_slots_devices(tmp_path):
-    from sftgate.executors import LocalProcesses, read_worker
-    from sftgate.runner import RunSpec
+    from sftgate.evaluate import DecodeSettings
+    from sftgate.params import TrainParams
+    from sftgate.search.executors import LocalProcesses, read_worker
+    from sftgate.search.runner import RunSpec
 
     def spec(n: int) -> RunSpec:  # a full-set evaluation without an adapter fails at once
         return RunSpec(
-            run_id=f"r-{n}", split="full", params={}, model="tiny-qwen3", quantization="auto",
-            gradient_checkpointing=None, prompt="p.md", train_questions="t.json",
-            train_contexts=None, eval_questions="f.json", eval_contexts=None,
-            run_dir=str(tmp_path / f"r-{n}"), decode={}, progress=False,
+            run_id=f"r-{n}", split="full", params=TrainParams(), model="tiny-qwen3",
+            quantization="auto", gradient_checkpointing=None, prompt="p.md",
+            train_questions="t.json", train_contexts=None, eval_questions="f.json",
+            eval_contexts=None, run_dir=str(tmp_path / f"r-{n}"), decode=DecodeSettings(),
+            progress=False,
         )  # fmt: skip
 
+    class Stages:  # what the driver hears
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str]] = []
+
+        def stage(self, spec: RunSpec, stage: str, worker: dict | None) -> None:
+            self.seen.append((spec.run_id, stage))
+
+        def progress(self, spec: RunSpec, done: int, total: int) -> None: ...
+
+    watch = Stages()
     executor = LocalProcesses(["3", "7"], threads=1)
     for n in range(2):
         executor.start(spec(n))
     outcomes = []
     deadline = time.monotonic() + 120
     while len(outcomes) < 2 and time.monotonic() < deadline:
-        outcomes += executor.wait(timeout_s=1)
+        outcomes += executor.wait(1, watch)
     executor.close()
     assert sorted(o.run_id for o in outcomes) == ["r-0", "r-1"]
     assert all(o.status == "failed" and not o.lost for o in outcomes)
@@ -308,13 +321,17 @@ def test_each_child_process_runs_with_its_slots_devices(tmp_path):
 def test_a_worker_reports_its_stages_and_progress(tmp_path, monkeypatch):
     """`work` (the body of every worker) on a real tiny run: the worker file goes through each
     stage with steps and questions done, which the driver shows per run."""
-    import sftgate.executors as ex
-    from sftgate.search import LiveView, load_study_config, pin_inputs, prepare_contexts, run_spec
+    import sftgate.search.executors as ex
+    from sftgate.search.driver import Specs
+    from sftgate.search.inputs import pin_inputs, prepare_contexts
+    from sftgate.search.live import LiveView
+    from sftgate.search.study import load_study_config
 
     config = load_study_config(make_project(tmp_path))
     inputs = pin_inputs(config)
     prepare_contexts(config, inputs)
-    spec = run_spec(config, inputs, {"id": "r0-0-w", "params": {"max_steps": 3}}, "gate", False)
+    params = config.policy.round0.model_copy(update={"max_steps": 3})
+    spec = Specs(config, inputs, progress=False).spec("r0-0-w", params, "gate")
     written: list[dict] = []
     real = ex.atomic_write_text
 

@@ -9,7 +9,7 @@ import pytest
 from sftgate.cli import main
 from sftgate.errors import MismatchError
 from sftgate.params import TrainParams
-from sftgate.planner import History, Policy, Thresholds, plan_next
+from sftgate.search.planner import History, Policy, Thresholds, plan_next
 
 R0 = {
     "max_steps": 20,
@@ -319,7 +319,7 @@ def test_seed_rules(name, history, action, round_, configs, selected, reason):
     d = plan_next(history)
     assert d.action == action
     assert d.round == round_
-    assert [c.params for c in d.configs] == configs
+    assert [c.params.seed_view() for c in d.configs] == configs
     assert all(c.reason for c in d.configs)
     assert d.selected_run == selected
     assert reason in d.reason
@@ -380,7 +380,7 @@ def test_never_reproposes_a_config_already_run():
         ],
     )
     d = plan_next(h)
-    assert {**BASE, "max_steps": 300} not in [c.params for c in d.configs]
+    assert {**BASE, "max_steps": 300} not in [c.params.seed_view() for c in d.configs]
 
 
 def test_thresholds_override():
@@ -444,7 +444,7 @@ def test_full_eval_failure_stops_with_its_reason():
 def test_round1_skips_a_config_equal_to_the_smoke_run():
     policy = Policy(round0=TrainParams(max_steps=200))
     d = plan_next(hist([run("r0", BASE, 40.0, schema=0.95)]), policy)
-    assert [c.params for c in d.configs] == [CONS, STRONG]
+    assert [c.params.seed_view() for c in d.configs] == [CONS, STRONG]
 
 
 def test_round1_reasons_must_match_configs():

@@ -7,11 +7,32 @@ import sqlite3
 import pytest
 
 from sftgate.errors import MismatchError, SftgateError
-from sftgate.registry import MIGRATIONS, PIN_KEYS, Registry, comparable, default_path
-from sftgate.scoring import QuestionScore
+from sftgate.params import TrainParams
+from sftgate.scoring import Metrics, QuestionScore
+from sftgate.search.registry import (
+    MIGRATIONS,
+    PIN_KEYS,
+    Registry,
+    RunState,
+    comparable,
+    default_path,
+)
 
 PINS = {k: f"{k}-v1" for k in PIN_KEYS} | {"settings.policy": "p1"}
-PARAMS = {"max_steps": 20, "lr": 2e-4}
+PARAMS = TrainParams(max_steps=20, lr=2e-4)
+
+
+METRICS = {
+    "eval_score_avg": 81.5,
+    "eval_score_ci95": [79.0, 84.0],
+    "schema_pass_rate": 0.97,
+    "grounding_avg": 0.9,
+    "detailed_description_f1": 0.8,
+    "original_evidence": 0.85,
+    "answer_f1": 0.7,
+    "context_recall": None,
+    "n": 2,
+}
 
 
 def decision(round_: int, action: str = "train") -> dict:
@@ -103,25 +124,38 @@ def test_changed_pins_are_refused_with_what_changed(tmp_path):
 def test_decision_and_its_round_are_recorded_together_once(tmp_path):
     reg = Registry(tmp_path / "r.sqlite")
     study, _ = reg.open_study("s", PINS, "c.yaml", {})
-    configs = [(PARAMS, "a"), ({**PARAMS, "max_steps": 30}, "b")]
+    longer = PARAMS.model_copy(update={"max_steps": 30})
+    configs = [(PARAMS, "a"), (longer, "b")]
     ids = reg.record_decision(study, decision(1), configs)
     assert reg.record_decision(study, decision(1), configs) == ids  # a resume re-derives it
     assert len(reg.decisions(study.id)) == 1
     runs = reg.runs(study.id)
-    assert [(r["id"], r["status"], r["params"]) for r in runs] == [
-        (ids[0], "planned", PARAMS),
-        (ids[1], "planned", {**PARAMS, "max_steps": 30}),
+    assert [(r.id, r.state, r.params) for r in runs] == [
+        (ids[0], RunState.PLANNED, PARAMS),
+        (ids[1], RunState.PLANNED, longer),
     ]
-    assert runs[0]["prompt_sha256"] == "prompt_sha256-v1"
-    assert runs[0]["eval_set_version"] == "gate_set_version-v1"
+    assert runs[0].prompt_sha256 == "prompt_sha256-v1"
+    assert runs[0].eval_set_version == "gate_set_version-v1"
+    # recorded as the seed's seven parameters; the others are the study's round 0
+    assert reg.run_json(ids[1])["params"] == longer.seed_view()  # type: ignore[index]
+
+
+def test_runs_get_the_parameters_the_seed_does_not_name_from_round0(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    round0 = TrainParams(warmup_ratio=0.1, seed=7).model_dump(mode="json")
+    study, _ = reg.open_study("s", PINS, "c.yaml", {"policy": {"round0": round0}})
+    (run_id,) = reg.add_round(study, 1, [(TrainParams(max_steps=200), "a")])
+    run = reg.run(run_id)
+    assert run is not None
+    assert (run.params.max_steps, run.params.warmup_ratio, run.params.seed) == (200, 0.1, 7)
 
 
 def test_run_states_are_checked(tmp_path):
     reg = Registry(tmp_path / "r.sqlite")
     study, _ = reg.open_study("s", PINS, "c.yaml", {})
     (run_id,) = reg.add_round(study, 0, [(PARAMS, "smoke")])
-    with pytest.raises(ValueError, match="unknown run status"):
-        reg.update_run(run_id, status="running")
+    with pytest.raises(ValueError, match="sets training or evaluating, not done"):
+        reg.set_stage(run_id, RunState.DONE)
     with pytest.raises(sqlite3.IntegrityError):
         reg.db.execute("UPDATE runs SET status = 'running' WHERE id = ?", (run_id,))
 
@@ -130,12 +164,13 @@ def test_interrupted_work_goes_back_to_planned(tmp_path):
     reg = Registry(tmp_path / "r.sqlite")
     study, _ = reg.open_study("s", PINS, "c.yaml", {})
     a, b, c = reg.add_round(study, 1, [(PARAMS, "a"), (PARAMS, "b"), (PARAMS, "c")])
-    reg.update_run(a, status="done", full_status="evaluating")
-    reg.update_run(b, status="training")
-    reg.update_run(c, status="evaluating")
+    reg.record_done(a, Metrics.model_validate(METRICS), [])
+    reg.start_full(a)
+    reg.set_stage(b, RunState.TRAINING)
+    reg.set_stage(c, RunState.EVALUATING)
     assert reg.reset_interrupted(study.id) == [b, c, f"{a} (full set)"]
-    assert [r["status"] for r in reg.runs(study.id)] == ["done", "planned", "planned"]
-    assert reg.run(a)["full_status"] is None  # type: ignore[index]
+    assert [r.state.value for r in reg.runs(study.id)] == ["done", "planned", "planned"]
+    assert reg.run(a).full is None  # type: ignore[union-attr]
 
 
 def test_lost_runs_go_back_to_planned_and_ordinary_failures_stay(tmp_path):
@@ -143,19 +178,21 @@ def test_lost_runs_go_back_to_planned_and_ordinary_failures_stay(tmp_path):
     study, _ = reg.open_study("s", PINS, "c.yaml", {})
     lost, failed, full = reg.add_round(study, 1, [(PARAMS, "a"), (PARAMS, "b"), (PARAMS, "c")])
     worker = {"host": "node-2", "pid": 7, "devices": "1"}
-    reg.update_run(lost, status="failed", failure="lost while training", lost=1, worker_json=worker)
-    reg.update_run(failed, status="failed", failure="OutOfMemoryError")
-    reg.update_run(full, status="done", full_status="failed", full_failure="gone", full_lost=1)
-    assert reg.run(lost)["worker"] == worker  # type: ignore[index]
+    reg.record_failed(lost, "lost while training", lost=True, worker_json=worker)
+    reg.record_failed(failed, "OutOfMemoryError", lost=False)
+    reg.record_done(full, Metrics.model_validate(METRICS), [])
+    reg.record_full_failed(full, "gone", lost=True)
+    assert reg.run(lost).worker == worker  # type: ignore[union-attr]
+    assert reg.run(lost).status == "failed (lost)"  # type: ignore[union-attr]
     assert reg.reset_interrupted(study.id) == [f"{lost} (lost)", f"{full} (full set, lost)"]
-    rows = {r["id"]: r for r in reg.runs(study.id)}
-    assert (rows[lost]["status"], rows[lost]["lost"], rows[lost]["failure"]) == ("planned", 0, None)
-    assert (rows[failed]["status"], rows[failed]["failure"]) == ("failed", "OutOfMemoryError")
-    assert (rows[full]["status"], rows[full]["full_status"], rows[full]["full_lost"]) == (
-        "done",
+    rows = {r.id: r for r in reg.runs(study.id)}
+    assert (rows[lost].state, rows[lost].lost, rows[lost].failure) == (
+        RunState.PLANNED,
+        False,
         None,
-        0,
     )
+    assert (rows[failed].state, rows[failed].failure) == (RunState.FAILED, "OutOfMemoryError")
+    assert (rows[full].state, rows[full].full) == (RunState.DONE, None)
     assert reg.reset_interrupted(study.id) == []  # nothing left to restart
 
 
@@ -163,32 +200,22 @@ def test_metrics_and_question_scores_round_trip(tmp_path):
     reg = Registry(tmp_path / "r.sqlite")
     study, _ = reg.open_study("s", PINS, "c.yaml", {})
     (run_id,) = reg.add_round(study, 0, [(PARAMS, "smoke")])
-    metrics = {
-        "eval_score_avg": 81.5,
-        "eval_score_ci95": [79.0, 84.0],
-        "schema_pass_rate": 0.97,
-        "grounding_avg": 0.9,
-        "detailed_description_f1": 0.8,
-        "original_evidence": 0.85,
-        "answer_f1": 0.7,
-        "context_recall": None,
-        "n": 2,
-    }
-    reg.record_metrics(run_id, metrics, status="done")
     scores = [
         QuestionScore("q1", True, None, 1.0, 0.5, 0.25, 1.0, None, 80.0),
         QuestionScore("q2", False, "not JSON", 0.0, 0.0, 0.0, 0.0, 0.5, 0.0),
     ]
-    reg.record_question_scores(run_id, "gate", scores)
-    reg.record_question_scores(run_id, "gate", scores)  # rewritten, not doubled
-    row = reg.run(run_id)
+    reg.record_done(run_id, Metrics.model_validate(METRICS), scores)
+    reg.record_done(run_id, Metrics.model_validate(METRICS), scores)  # rewritten, not doubled
+    row = reg.run_json(run_id)
     assert row is not None
     assert (row["eval_score_avg"], row["eval_score_ci_low"], row["eval_score_ci_high"]) == (
         81.5,
         79.0,
         84.0,
     )
-    assert row["metrics"] == metrics
+    assert row["metrics"] == METRICS  # the metrics.json object, key for key
+    run = reg.run(run_id)
+    assert run is not None and run.metrics == Metrics.model_validate(METRICS)
     assert reg.question_scores(run_id) == scores
     assert reg.question_scores(run_id, "full") == []
 

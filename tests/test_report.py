@@ -11,10 +11,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sftgate.planner import Policy, plan_next
-from sftgate.registry import PIN_KEYS, Registry
-from sftgate.report import build_blocks, to_html, write_report
-from sftgate.search import history
+import pytest
+
+from sftgate.search import drive
+from sftgate.search.live import LiveView
+from sftgate.search.planner import Policy
+from sftgate.search.registry import PIN_KEYS, Registry
+from sftgate.search.report import build_blocks, to_html, write_report
+from tests.scripted import ScriptedExecutor, spec_for
+from tests.scripted import metrics as scripted_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
 PINS = {k: f"{k.split('_')[0]}-{'0123456789abcdef' * 4}" for k in PIN_KEYS} | {
@@ -30,18 +35,9 @@ PROVENANCE = {
 
 
 def metrics(score: float, schema: float, grounding: float, dd: float = 0.93, ev: float = 0.92):
-    return {
-        "eval_score_avg": score,
-        "eval_score_ci95": [score - 1.5, score + 1.25],
-        "schema_pass_rate": schema,
-        "grounding_avg": grounding,
-        "detailed_description_f1": dd,
-        "original_evidence": ev,
-        "answer_f1": 0.9,
-        "context_recall": 0.95,
-        "n": 100,
-        "eval_set_version": PINS["gate_set_version"],
-    }
+    return scripted_metrics(
+        score, schema, grounding, dd, ev, eval_set_version=PINS["gate_set_version"]
+    )
 
 
 # Per round, the scripted outcome of each planned run, in order: metrics or a failure.
@@ -58,6 +54,7 @@ FULL = metrics(94.9, 0.991, 0.975) | {"n": 1000, "eval_set_version": PINS["full_
 
 
 def build_registry(path: Path) -> Registry:
+    """The study driven by the real driver, planner and registry, with the script's outcomes."""
     reg = Registry(path)
     policy = Policy()
     config = {"name": "golden", "policy": policy.model_dump(mode="json"), "note": "A fixed study."}
@@ -69,42 +66,34 @@ def build_registry(path: Path) -> Registry:
         )
     study = reg.study("golden")
     assert study is not None
-    while True:
-        decision = plan_next(history(reg, study), policy)
-        configs = [(c.params, c.reason) for c in decision.configs] or None
-        for i, run_id in enumerate(reg.record_decision(study, decision.model_dump(), configs)):
-            fixed = f"r{decision.round}-{i}"
-            with reg.tx() as db:
-                db.execute("UPDATE runs SET id = ? WHERE id = ?", (fixed, run_id))
-            outcome = SCRIPT[decision.round][i]
-            train_meta = {
-                "adapter_id": f"{decision.round}{i}c0ffee-0000-4000-8000-0123456789ab",
-                "provenance": PROVENANCE,
-            }
-            times = {"train_s": 60.0 * (decision.round + 1), "eval_s": 90.5}
-            if isinstance(outcome, str):
-                reg.update_run(fixed, status="failed", failure=outcome, **times)
-            else:
-                reg.record_metrics(
-                    fixed,
-                    outcome,
-                    status="done",
-                    adapter_id=train_meta["adapter_id"],
-                    train_meta_json=train_meta,
-                    **times,
-                )
-        if decision.action == "full_eval":
-            assert decision.selected_run is not None
-            reg.update_run(
-                decision.selected_run,
-                full_status="done",
-                full_metrics_json=FULL,
-                full_eval_set_version=FULL["eval_set_version"],
-                full_eval_s=900.0,
-            )
-        if decision.action == "stop":
-            reg.set_study_status(study.id, "finished")
-            return reg
+
+    def outcome(spec):
+        if spec.split == "full":
+            return FULL
+        round_, position = (int(x) for x in spec.run_id[1:].split("-"))
+        return SCRIPT[round_][position]
+
+    executor = ScriptedExecutor(
+        outcome,
+        train_meta=lambda spec: {
+            "adapter_id": f"{spec.run_id[1:].replace('-', '')}c0ffee-0000-4000-8000-0123456789ab",
+            "provenance": PROVENANCE,
+        },
+        times=lambda spec: (
+            (60.0 * (int(spec.run_id[1]) + 1), 90.5) if spec.split == "gate" else (0.0, 900.0)
+        ),
+    )
+    view = LiveView("golden", [], enabled=False, slots=1)
+    drive(reg, study, policy, executor, spec_for, view)
+    return reg
+
+
+@pytest.fixture(autouse=True)
+def _fixed_run_ids(monkeypatch):
+    """r{round}-{position}, without the random suffix, so the rendering is stable."""
+    monkeypatch.setattr(
+        "sftgate.search.registry.new_run_id", lambda round_, pos: f"r{round_}-{pos}"
+    )
 
 
 def test_report_matches_the_golden_file(tmp_path):
@@ -128,7 +117,8 @@ def test_report_content_from_the_registry(tmp_path):
     assert "Gate: PASSED" in md and "r2-0" in md
     assert "OutOfMemoryError" in md  # the failed run and its reason
     assert "full set" in md.lower() and "94.90" in md
-    assert "within the 0.5-point tie band" in md or "higher grounding" in md
+    # r1-1 scored 0.3 below r1-0, within the tie band, with the higher grounding_avg
+    assert "r1-1 is within 0.5 points of r1-0 and has the higher grounding_avg (0.975)" in md
     html = to_html(blocks, "golden")
     assert html.count("<table>") >= 4 and "<strong>Gate: PASSED</strong>" in html
 

@@ -553,8 +553,19 @@ def test_perfect_reference_output_scores_100_in_both_languages():
         assert score_question("q", out, ref, passages).eval_score == pytest.approx(100.0)
 
 
-def test_weights_sum_to_one():
-    assert sum(WEIGHTS.values()) == pytest.approx(1.0)
+def test_each_field_weighs_its_share_of_the_score():
+    """A perfect answer scores 100; losing one field entirely costs exactly its weight."""
+    assert score_question("q", PERFECT, ZH_REF, ZH_PASSAGES).eval_score == pytest.approx(100.0)
+    lose = {
+        "answer_f1": {"answer": "zzz"},
+        "detailed_description_f1": {"detailed_description": "zzz"},
+        "original_evidence": {"original_evidence": []},
+        "grounding": {"anchors": []},
+    }
+    for field, change in lose.items():
+        s = score_question("q", dumps(answer(**change)), ZH_REF, ZH_PASSAGES)
+        assert getattr(s, field) == 0.0
+        assert s.eval_score == pytest.approx(100 * (1 - WEIGHTS[field])), field
 
 
 def test_to_row_is_json_and_round_trips(tmp_path):

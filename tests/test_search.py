@@ -18,8 +18,9 @@ import yaml
 
 from sftgate.cli import main
 from sftgate.errors import MismatchError
-from sftgate.registry import Registry
-from sftgate.search import execute_run, search
+from sftgate.search import search
+from sftgate.search.registry import Registry
+from sftgate.search.runner import execute_run
 from tests.conftest import REPO, make_question, write_json
 
 # A short prompt in the documented format: tiny-qwen3 spends a token per byte, and the shipped
@@ -119,8 +120,8 @@ def runs_by_round(registry: Path) -> dict[int, list[dict]]:
     reg = Registry(registry)
     try:
         out: dict[int, list[dict]] = {}
-        for r in reg.runs():
-            out.setdefault(r["round"], []).append(r)
+        for r in reg.runs():  # the rows as recorded, column by column
+            out.setdefault(r.round, []).append(reg.run_json(r.id))
         return out
     finally:
         reg.close()
@@ -299,7 +300,7 @@ def test_gate_pass_runs_the_full_set_then_stops(tmp_path):
         result.decision.action == "stop" and "full-set evaluation is done" in result.decision.reason
     )
     reg = Registry(tmp_path / "registry.sqlite")
-    run = reg.run(result.decision.selected_run or "")
+    run = reg.run_json(result.decision.selected_run or "")
     assert run is not None and run["full_status"] == "done" and run["full_metrics"]["n"] == 5
     assert len(reg.question_scores(run["id"], "full")) == 5
     assert [d["action"] for d in reg.decisions(result.study.id)] == [
@@ -315,13 +316,16 @@ def test_gate_pass_runs_the_full_set_then_stops(tmp_path):
 
 @pytest.mark.slow
 def test_execute_run_reuses_its_adapter_and_refuses_a_stale_one(tmp_path):
-    from sftgate.search import load_study_config, pin_inputs, prepare_contexts, run_spec
+    from sftgate.search.driver import Specs
+    from sftgate.search.inputs import pin_inputs, prepare_contexts
+    from sftgate.search.study import load_study_config
 
     config = load_study_config(make_project(tmp_path))
     inputs = pin_inputs(config)
     prepare_contexts(config, inputs)
-    run = {"id": "r0-0-test", "params": {"max_steps": 1}}
-    spec = run_spec(config, inputs, run, "gate", progress=False)
+    specs = Specs(config, inputs, progress=False)
+    round0 = config.policy.round0
+    spec = specs.spec("r0-0-test", round0.model_copy(update={"max_steps": 1}), "gate")
     stages: list[str] = []
     first = execute_run(spec, stages.append)
     assert first.status == "done" and stages == ["training", "evaluating"]
@@ -329,7 +333,7 @@ def test_execute_run_reuses_its_adapter_and_refuses_a_stale_one(tmp_path):
     again = execute_run(spec, stages.append)  # a restart after training had finished
     assert again.status == "done" and again.train_s is None
     assert again.train_meta == first.train_meta and again.metrics == first.metrics
-    other = run_spec(config, inputs, {**run, "params": {"max_steps": 2}}, "gate", progress=False)
+    other = specs.spec("r0-0-test", round0.model_copy(update={"max_steps": 2}), "gate")
     stale = execute_run(other)
     assert stale.status == "failed" and "other train_params" in (stale.failure or "")
     assert "SftgateError" in (Path(spec.run_dir) / "failure-gate.txt").read_text(encoding="utf-8")

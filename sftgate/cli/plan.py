@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sftgate.config import validation_problems
 from sftgate.errors import InputError, Problem
-from sftgate.planner import History, Policy, Thresholds, plan_next
+from sftgate.search.planner import History, Policy, Thresholds, plan_next
 
 
 def run(args: argparse.Namespace) -> int:

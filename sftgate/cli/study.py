@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -12,10 +15,10 @@ from rich.table import Table
 
 from sftgate.errors import InputError, Problem
 from sftgate.paths import data_dir
-from sftgate.registry import Registry, comparable
-from sftgate.report import write_report
 from sftgate.scoring import paired_comparison
 from sftgate.search import search
+from sftgate.search.registry import Registry, RunState, comparable
+from sftgate.search.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "examples" / "sample" / "study_cpu.yaml"
@@ -25,8 +28,26 @@ def registry(args: argparse.Namespace) -> Registry:
     return Registry(args.registry)
 
 
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Library progress bars and deprecation notes would scroll the live view away: off while the
+    command runs, as they were afterwards (a library caller's settings are its own)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def run_search(args: argparse.Namespace) -> int:
-    result = search(args.config)
+    with quiet_libraries():
+        result = search(args.config)
     print_result(result.decision.action, result.decision.reason, result.report, result.registry)
     return 0
 
@@ -52,10 +73,11 @@ def run_demo(args: argparse.Namespace) -> int:
     home = data_dir() / "demo"
     if args.fresh:
         shutil.rmtree(home, ignore_errors=True)
-    result = search(
-        DEMO_CONFIG,
-        overrides={"registry": str(home / "registry.sqlite"), "workdir": str(home / "study")},
-    )
+    with quiet_libraries():
+        result = search(
+            DEMO_CONFIG,
+            overrides={"registry": str(home / "registry.sqlite"), "workdir": str(home / "study")},
+        )
     print_result(result.decision.action, result.decision.reason, result.report, result.registry)
     Console().print(
         "\nThe demo ran tiny-qwen3, a random model: it shows the flow and is not expected to pass "
@@ -89,24 +111,24 @@ def run_runs(args: argparse.Namespace) -> int:
     names = {s.id: s.name for s in reg.studies()}
     study = reg.study(args.study) if args.study else None
     for r in reg.runs(study.id if study else None):
-        p = r["params"]
+        p, m = r.params, r.metrics
         table.add_row(
-            names[r["study_id"]],
-            r["id"],
-            str(r["round"]),
-            r["status"] + (" (lost)" if r["lost"] else ""),
-            f"{r['eval_score_avg']:.2f}" if r["eval_score_avg"] is not None else "–",
-            f"{r['schema_pass_rate']:.3f}" if r["schema_pass_rate"] is not None else "–",
-            f"{r['grounding_avg']:.3f}" if r["grounding_avg"] is not None else "–",
-            f"steps={p['max_steps']} lr={p['lr']:g} len={p['max_length']}",
-            (r["failure"] or "")[:60],
+            names[r.study_id],
+            r.id,
+            str(r.round),
+            r.status,
+            f"{m.eval_score_avg:.2f}" if m else "–",
+            f"{m.schema_pass_rate:.3f}" if m else "–",
+            f"{m.grounding_avg:.3f}" if m else "–",
+            f"steps={p.max_steps} lr={p.lr:g} len={p.max_length}",
+            (r.failure or "")[:60],
         )
     Console().print(table)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    r = registry(args).run(args.run)
+    r = registry(args).run_json(args.run)
     if r is None:
         raise InputError(
             Problem(
@@ -125,7 +147,7 @@ def run_compare(args: argparse.Namespace) -> int:
     reg = registry(args)
     a, b = reg.run(args.run_a), reg.run(args.run_b)
     for rid, r in ((args.run_a, a), (args.run_b, b)):
-        if r is None or r["status"] != "done":
+        if r is None or r.state is not RunState.DONE:
             raise InputError(
                 Problem(
                     str(reg.path),
@@ -137,7 +159,7 @@ def run_compare(args: argparse.Namespace) -> int:
             )
     assert a is not None and b is not None
     comparable(a, b)
-    cmp = paired_comparison(reg.question_scores(a["id"]), reg.question_scores(b["id"]))
+    cmp = paired_comparison(reg.question_scores(a.id), reg.question_scores(b.id))
     Console().print(
         f"{args.run_b} minus {args.run_a} on {cmp['n']} gate questions: {cmp['mean_diff']:+.2f} eval_score points "
         f"(95% paired-bootstrap CI {cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}); {cmp['wins']} better, {cmp['losses']} worse, {cmp['ties']} equal"

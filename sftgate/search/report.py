@@ -15,8 +15,9 @@ from typing import Any
 from sftgate.errors import InputError, Problem
 from sftgate.fsutil import atomic_write_text
 from sftgate.params import SEED_PARAM_NAMES
-from sftgate.planner import Policy
-from sftgate.registry import PIN_KEYS, Registry
+from sftgate.scoring import METRIC_KEYS
+from sftgate.search.planner import Policy, Thresholds
+from sftgate.search.registry import PIN_KEYS, FullState, Registry, Run, Study
 from sftgate.tiny import TINY_MODEL_ID
 
 TINY_MODEL_NOTE = (
@@ -50,7 +51,6 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
     runs = reg.runs(study.id)
     decisions = reg.decisions(study.id)
     thresholds = Policy.model_validate(study.config.get("policy", {})).thresholds
-    gate_score, gate_schema = thresholds.gate_score, thresholds.gate_schema
     blocks = [Block("h1", f"sftgate study: {study.name}")]
     if study.pins["model_id"] == TINY_MODEL_ID:
         blocks.append(Block("p", TINY_MODEL_NOTE))
@@ -58,128 +58,13 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
     if note:
         blocks.append(Block("p", f"**Note.** {note}"))
     final = decisions[-1] if decisions else None
-    best_id = final.get("selected_run") if final else None
-    best = next((r for r in runs if r["id"] == best_id), None)
-    passed = (
-        best is not None
-        and (best["eval_score_avg"] or 0) >= gate_score
-        and (best["schema_pass_rate"] or 0) >= gate_schema
-    )
-    verdict = "**Gate: PASSED**" if passed else "**Gate: not passed**"
-    verdict += (
-        f" (eval_score_avg >= {gate_score} and schema_pass_rate >= {gate_schema} on the gate set)."
-    )
-    if best is not None:
-        lo, hi = best["eval_score_ci_low"], best["eval_score_ci_high"]
-        verdict += f" Selected run: `{best['id']}`, eval_score_avg {fmt(best['eval_score_avg'], 2)} (95% CI {fmt(lo, 2)}–{fmt(hi, 2)}), schema_pass_rate {fmt(best['schema_pass_rate'])}."
-    blocks.append(Block("p", verdict + f" Study status: {study.status}."))
-    for r in runs:
-        if r["full_status"] == "failed":
-            blocks.append(
-                Block(
-                    "p", f"**Full set** for `{r['id']}`: the evaluation failed: {r['full_failure']}"
-                )
-            )
-    full = next((r for r in runs if r["full_metrics"]), None)
-    if full is not None:
-        m = full["full_metrics"]
-        blocks.append(
-            Block(
-                "p",
-                f"**Full set** ({m['n']} questions) for `{full['id']}`: eval_score_avg {fmt(m['eval_score_avg'], 2)} (95% CI {fmt(m['eval_score_ci95'][0], 2)}–{fmt(m['eval_score_ci95'][1], 2)}), schema_pass_rate {fmt(m['schema_pass_rate'])}, grounding_avg {fmt(m['grounding_avg'])}.",
-            )
-        )
-    if final is not None:
-        blocks.append(Block("h2", "Final decision"))
-        blocks.append(Block("p", f"{final['action']} (round {final['round']}): {final['reason']}"))
-        if final.get("recommendations"):
-            blocks.append(Block("list", final["recommendations"]))
-
-    blocks.append(Block("h2", "Pinned inputs"))
-    blocks.append(
-        Block(
-            "table",
-            (
-                ["input", "value"],
-                [[k, f"`{study.pins[k]}`"] for k in PIN_KEYS]
-                + [[k, f"`{v}`"] for k, v in sorted(study.pins.items()) if k not in PIN_KEYS]
-                + [["created", study.created_at], ["config", f"`{study.config_path}`"]],
-            ),
-        )
-    )
-    first = next((r for r in runs if r["train_meta"]), None)
-    if first is not None:
-        prov = first["train_meta"].get("provenance", {})
-        git = prov.get("git", {})
-        libs = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
-        blocks.append(Block("h2", "Provenance"))
-        blocks.append(
-            Block(
-                "list",
-                [
-                    f"sftgate commit `{git.get('commit')}`"
-                    + (" (with uncommitted changes)" if git.get("dirty") else ""),
-                    f"device: {prov.get('device')}; Python {prov.get('python')}",
-                    f"libraries: {libs}",
-                    "every run row in the registry carries its own provenance (`sftgate show RUN`)",
-                ],
-            )
-        )
-
-    header = [
-        "run",
-        "status",
-        "adapter_id",
-        *SEED_PARAM_NAMES,
-        "eval_score_avg [95% CI]",
-        "schema",
-        "grounding",
-        "dd_f1",
-        "evidence",
-        "answer_f1",
-        "ctx_recall",
-        "train s",
-        "eval s",
-    ]
-    for round_ in sorted({r["round"] for r in runs}):
-        blocks.append(Block("h2", f"Round {round_}"))
-        rows = []
-        for r in (x for x in runs if x["round"] == round_):
-            score = (
-                f"{fmt(r['eval_score_avg'], 2)} [{fmt(r['eval_score_ci_low'], 1)}, {fmt(r['eval_score_ci_high'], 1)}]"
-                if r["eval_score_avg"] is not None
-                else "–"
-            )
-            rows.append(
-                [
-                    f"`{r['id']}`",
-                    r["status"] + (" (lost)" if r["lost"] else ""),
-                    f"`{r['adapter_id'][:8]}`" if r["adapter_id"] else "–",
-                    *(f"{r['params'][k]:g}" for k in SEED_PARAM_NAMES),
-                    score,
-                    fmt(r["schema_pass_rate"]),
-                    fmt(r["grounding_avg"]),
-                    fmt(r["detailed_description_f1"]),
-                    fmt(r["original_evidence"]),
-                    fmt(r["answer_f1"]),
-                    fmt(r["context_recall"]),
-                    fmt(r["train_s"], 1),
-                    fmt(r["eval_s"], 1),
-                ]
-            )
-        blocks.append(Block("table", (header, rows)))
-        reasons = [
-            f"`{r['id']}`: {r['reason']}"
-            + (f" — **failed:** {r['failure']}" if r["failure"] else "")
-            for r in runs
-            if r["round"] == round_
-        ]
-        blocks.append(Block("list", reasons))
-
-    if image_dir is not None and any(r["eval_score_avg"] is not None for r in runs):
+    blocks += verdict(study, runs, final, thresholds)
+    blocks += pins_and_provenance(study, runs)
+    for round_ in sorted({r.round for r in runs}):
+        blocks += round_blocks(round_, [r for r in runs if r.round == round_])
+    if image_dir is not None and any(r.metrics is not None for r in runs):
         blocks.append(Block("h2", "Plots"))
-        blocks += [Block("image", name) for name in plot(runs, gate_score, image_dir)]
-
+        blocks += [Block("image", name) for name in plot(runs, thresholds.gate_score, image_dir)]
     blocks.append(Block("h2", "Planner decisions"))
     blocks.append(
         Block(
@@ -202,20 +87,142 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
     return blocks
 
 
-def plot(runs: Sequence[dict[str, Any]], gate_score: float, out_dir: Path) -> list[str]:
+def verdict(
+    study: Study, runs: Sequence[Run], final: dict[str, Any] | None, t: Thresholds
+) -> list[Block]:
+    """The gate verdict for the selected run, the full set, and the final decision."""
+    best_id = final.get("selected_run") if final else None
+    best = next((r for r in runs if r.id == best_id), None)
+    passed = best is not None and t.passes_gate(best.metrics)
+    text = "**Gate: PASSED**" if passed else "**Gate: not passed**"
+    text += f" (eval_score_avg >= {t.gate_score} and schema_pass_rate >= {t.gate_schema} on the gate set)."
+    if best is not None:
+        m = best.metrics
+        lo, hi = (m.eval_score_ci95 or (None, None)) if m else (None, None)
+        text += f" Selected run: `{best.id}`, eval_score_avg {fmt(m.eval_score_avg if m else None, 2)} (95% CI {fmt(lo, 2)}–{fmt(hi, 2)}), schema_pass_rate {fmt(m.schema_pass_rate if m else None)}."
+    blocks = [Block("p", text + f" Study status: {study.status}.")]
+    for r in runs:
+        if r.full is not None and r.full.state is FullState.FAILED:
+            blocks.append(
+                Block("p", f"**Full set** for `{r.id}`: the evaluation failed: {r.full.failure}")
+            )
+    full = next((r for r in runs if r.full is not None and r.full.metrics), None)
+    if full is not None:
+        assert full.full is not None and full.full.metrics is not None
+        fm = full.full.metrics
+        ci = fm.eval_score_ci95 or (None, None)
+        blocks.append(
+            Block(
+                "p",
+                f"**Full set** ({fm.n} questions) for `{full.id}`: eval_score_avg {fmt(fm.eval_score_avg, 2)} (95% CI {fmt(ci[0], 2)}–{fmt(ci[1], 2)}), schema_pass_rate {fmt(fm.schema_pass_rate)}, grounding_avg {fmt(fm.grounding_avg)}.",
+            )
+        )
+    if final is not None:
+        blocks.append(Block("h2", "Final decision"))
+        blocks.append(Block("p", f"{final['action']} (round {final['round']}): {final['reason']}"))
+        if final.get("recommendations"):
+            blocks.append(Block("list", final["recommendations"]))
+    return blocks
+
+
+def pins_and_provenance(study: Study, runs: Sequence[Run]) -> list[Block]:
+    blocks = [Block("h2", "Pinned inputs")]
+    blocks.append(
+        Block(
+            "table",
+            (
+                ["input", "value"],
+                [[k, f"`{study.pins[k]}`"] for k in PIN_KEYS]
+                + [[k, f"`{v}`"] for k, v in sorted(study.pins.items()) if k not in PIN_KEYS]
+                + [["created", study.created_at], ["config", f"`{study.config_path}`"]],
+            ),
+        )
+    )
+    first = next((r for r in runs if r.train_meta), None)
+    if first is not None:
+        assert first.train_meta is not None
+        prov = first.train_meta.get("provenance", {})
+        git = prov.get("git", {})
+        libs = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
+        blocks.append(Block("h2", "Provenance"))
+        blocks.append(
+            Block(
+                "list",
+                [
+                    f"sftgate commit `{git.get('commit')}`"
+                    + (" (with uncommitted changes)" if git.get("dirty") else ""),
+                    f"device: {prov.get('device')}; Python {prov.get('python')}",
+                    f"libraries: {libs}",
+                    "every run row in the registry carries its own provenance (`sftgate show RUN`)",
+                ],
+            )
+        )
+    return blocks
+
+
+ROUND_HEADER = [
+    "run",
+    "status",
+    "adapter_id",
+    *SEED_PARAM_NAMES,
+    "eval_score_avg [95% CI]",
+    "schema",
+    "grounding",
+    "dd_f1",
+    "evidence",
+    "answer_f1",
+    "ctx_recall",
+    "train s",
+    "eval s",
+]
+
+
+def round_blocks(round_: int, runs: Sequence[Run]) -> list[Block]:
+    """A round's table (one row per run) and each run's reason and failure."""
+    rows = []
+    for r in runs:
+        m = r.metrics
+        score = "–"
+        if m is not None:
+            lo, hi = m.eval_score_ci95 or (None, None)
+            score = f"{fmt(m.eval_score_avg, 2)} [{fmt(lo, 1)}, {fmt(hi, 1)}]"
+        rows.append(
+            [
+                f"`{r.id}`",
+                r.status,
+                f"`{r.adapter_id[:8]}`" if r.adapter_id else "–",
+                *(f"{v:g}" for v in r.params.seed_view().values()),
+                score,
+                *(fmt(getattr(m, k) if m else None) for k in METRIC_KEYS[1:]),
+                fmt(r.train_s, 1),
+                fmt(r.eval_s, 1),
+            ]
+        )
+    reasons = [
+        f"`{r.id}`: {r.reason}" + (f" — **failed:** {r.failure}" if r.failure else "") for r in runs
+    ]
+    return [
+        Block("h2", f"Round {round_}"),
+        Block("table", (ROUND_HEADER, rows)),
+        Block("list", reasons),
+    ]
+
+
+def plot(runs: Sequence[Run], gate_score: float, out_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in runs if r["eval_score_avg"] is not None]
+    done = [(r, r.metrics) for r in runs if r.metrics is not None]
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = [r["id"].rsplit("-", 1)[0] for r in done]
+    labels = [r.id.rsplit("-", 1)[0] for r, _ in done]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    scores = [r["eval_score_avg"] for r in done]
+    scores = [m.eval_score_avg for _, m in done]
+    cis = [m.eval_score_ci95 or (None, None) for _, m in done]
     err = [
-        [s - (r["eval_score_ci_low"] or s) for s, r in zip(scores, done)],
-        [(r["eval_score_ci_high"] or s) - s for s, r in zip(scores, done)],
+        [s - (lo or s) for s, (lo, _) in zip(scores, cis)],
+        [(hi or s) - s for s, (_, hi) in zip(scores, cis)],
     ]
     axes[0].bar(labels, scores, yerr=err, color="#4c72b0", capsize=3)
     axes[0].axhline(gate_score, color="#c44e52", linestyle="--", label=f"gate {gate_score}")
@@ -229,7 +236,7 @@ def plot(runs: Sequence[dict[str, Any]], gate_score: float, out_dir: Path) -> li
         ("original_evidence", "#64b5cd"),
         ("answer_f1", "#dd8452"),
     ):
-        axes[1].plot(labels, [r[key] for r in done], marker="o", label=key, color=color)
+        axes[1].plot(labels, [getattr(m, key) for _, m in done], marker="o", label=key, color=color)
     axes[1].set_ylim(-0.02, 1.02)
     axes[1].set_title("sub-metrics per run")
     axes[1].legend(fontsize=7)
@@ -239,10 +246,10 @@ def plot(runs: Sequence[dict[str, Any]], gate_score: float, out_dir: Path) -> li
     fig.savefig(out_dir / "metrics_per_run.png", dpi=110)
     plt.close(fig)
 
-    rounds = sorted({r["round"] for r in done})
+    rounds = sorted({r.round for r, _ in done})
     best, running = [], float("-inf")
     for rd in rounds:
-        running = max(running, max(r["eval_score_avg"] for r in done if r["round"] == rd))
+        running = max(running, max(m.eval_score_avg for r, m in done if r.round == rd))
         best.append(running)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(rounds, best, marker="o", label="best eval_score_avg so far")

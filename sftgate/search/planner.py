@@ -11,11 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from sftgate.config import StrictModel
 from sftgate.params import SEED_PARAM_NAMES, TrainParams
-from sftgate.scoring import paired_comparison
+from sftgate.scoring import Metrics, paired_difference
 
 
 class Thresholds(StrictModel):
@@ -48,6 +55,14 @@ class Thresholds(StrictModel):
     max_rounds: int = Field(
         4, ge=1, description="rounds 0 .. max_rounds-1 may train; the seed stops at round 3"
     )
+
+    def passes_gate(self, metrics: Metrics | None) -> bool:
+        """The gate, the one rule the planner, the report and the CLI use."""
+        return (
+            metrics is not None
+            and metrics.eval_score_avg >= self.gate_score
+            and metrics.schema_pass_rate >= self.gate_schema
+        )
 
 
 class Policy(StrictModel):
@@ -94,14 +109,42 @@ class Policy(StrictModel):
 
 
 class RunRecord(BaseModel):
+    """A finished run as the planner sees it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str
-    params: dict[str, Any]
+    params: TrainParams
     status: Literal["done", "failed"]
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: Metrics | None = None  # None for a failed run
     per_question: dict[str, float] | None = None  # id -> eval_score, for the paired comparison
     failure: str | None = None
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == {} else value  # a failed run's metrics in a history file: {}
+
+    @model_validator(mode="after")
+    def _done_has_metrics(self) -> RunRecord:
+        if self.status == "done" and self.metrics is None:
+            raise ValueError(f"run {self.run_id} is done but has no metrics")
+        return self
+
+    @property
+    def score(self) -> float:
+        return self.metrics.eval_score_avg if self.metrics else float("-inf")
+
+    @property
+    def schema_rate(self) -> float:
+        return self.metrics.schema_pass_rate if self.metrics else 0.0
+
+    @property
+    def grounding(self) -> float:
+        return self.metrics.grounding_avg if self.metrics else 0.0
+
+    def key(self) -> tuple[Any, ...]:
+        return seed_key(self.params)
 
 
 class RoundRecord(BaseModel):
@@ -122,8 +165,15 @@ class History(BaseModel):
 
 
 class ProposedConfig(BaseModel):
-    params: dict[str, Any]
+    """A complete config; recorded (decisions, runs) as the seven parameters the seed names, since
+    every other parameter is round 0's for every run of a study."""
+
+    params: TrainParams
     reason: str
+
+    @field_serializer("params")
+    def _seed_view(self, params: TrainParams) -> dict[str, float | int]:
+        return params.seed_view()
 
 
 class Decision(BaseModel):
@@ -143,16 +193,17 @@ RETRIEVAL_ADVICE = [
 ]
 
 
-def full_params(policy: Policy, changes: Mapping[str, Any]) -> dict[str, Any]:
-    return {**policy.round0.seed_view(), **changes}
+def seed_key(params: TrainParams) -> tuple[Any, ...]:
+    """What makes two configs the same config for the seed: its seven parameters."""
+    return tuple(getattr(params, k) for k in SEED_PARAM_NAMES)
 
 
-def _fmt(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={params[k]}" for k in SEED_PARAM_NAMES if k in params)
+def with_changes(base: TrainParams, changes: Mapping[str, Any]) -> TrainParams:
+    return TrainParams.model_validate({**base.model_dump(), **changes})
 
 
-def _score(run: RunRecord) -> float:
-    return float(run.metrics.get("eval_score_avg", float("-inf")))
+def _fmt(params: TrainParams) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.seed_view().items())
 
 
 def score_gap(a: RunRecord, b: RunRecord) -> float:
@@ -160,17 +211,10 @@ def score_gap(a: RunRecord, b: RunRecord) -> float:
     per-question scores (on other questions: MismatchError, runs are only compared on one gate
     set), else the difference of the averages."""
     if a.per_question and b.per_question:
-        from sftgate.scoring import QuestionScore
-
-        def qs(run: RunRecord) -> list[QuestionScore]:
-            assert run.per_question is not None
-            return [
-                QuestionScore(i, True, None, 0, 0, 0, 0, None, s)
-                for i, s in run.per_question.items()
-            ]
-
-        return float(paired_comparison(qs(b), qs(a), n_bootstrap=200)["mean_diff"])
-    return _score(a) - _score(b)
+        return float(
+            paired_difference(b.per_question, a.per_question, n_bootstrap=200)["mean_diff"]
+        )
+    return a.score - b.score
 
 
 def select_best(runs: Sequence[RunRecord], t: Thresholds) -> tuple[RunRecord | None, str]:
@@ -184,49 +228,43 @@ def select_best(runs: Sequence[RunRecord], t: Thresholds) -> tuple[RunRecord | N
     done = [r for r in runs if r.status == "done"]
     if not done:
         return None, "no run finished"
-    eligible = [r for r in done if r.metrics.get("schema_pass_rate", 0.0) >= t.gate_schema]
+    eligible = [r for r in done if r.schema_rate >= t.gate_schema]
     if not eligible:
-        best = max(done, key=lambda r: (r.metrics.get("schema_pass_rate", 0.0), _score(r)))
+        best = max(done, key=lambda r: (r.schema_rate, r.score))
         return best, (
             f"no run reaches schema_pass_rate {t.gate_schema}; {best.run_id} has the highest "
-            f"({best.metrics.get('schema_pass_rate', 0.0):.3f}, eval_score_avg {_score(best):.2f})"
+            f"({best.schema_rate:.3f}, eval_score_avg {best.score:.2f})"
         )
-    ranked = sorted(eligible, key=lambda r: (-_score(r), r.run_id))
+    ranked = sorted(eligible, key=lambda r: (-r.score, r.run_id))
     top = ranked[0]
     tied = [r for r in ranked if score_gap(top, r) < t.tie_band]
-    best = max(
-        tied, key=lambda r: (r.metrics.get("grounding_avg", 0.0), _score(r), -ranked.index(r))
-    )
+    best = max(tied, key=lambda r: (r.grounding, r.score, -ranked.index(r)))
     if best is top:
-        why = f"{top.run_id} has the highest eval_score_avg ({_score(top):.2f})"
+        why = f"{top.run_id} has the highest eval_score_avg ({top.score:.2f})"
         if len(tied) > 1:
             why += f" and the highest grounding_avg within the {t.tie_band}-point tie band"
     else:
-        why = f"{best.run_id} is within {t.tie_band} points of {top.run_id} and has the higher grounding_avg ({best.metrics.get('grounding_avg', 0):.3f})"
+        why = f"{best.run_id} is within {t.tie_band} points of {top.run_id} and has the higher grounding_avg ({best.grounding:.3f})"
     return best, why
-
-
-def passes_gate(run: RunRecord, t: Thresholds) -> bool:
-    return _score(run) >= t.gate_score and run.metrics.get("schema_pass_rate", 0.0) >= t.gate_schema
 
 
 def round2_configs(
     best: RunRecord, tried: set[tuple[Any, ...]], policy: Policy
 ) -> tuple[list[ProposedConfig], list[str]]:
     """Small steps from the best run, by which sub-metric is low (the seed's round 2)."""
-    t, m, base = policy.thresholds, best.metrics, best.params
-    configs: list[ProposedConfig] = []
-    recs: list[str] = []
-    candidates: list[tuple[dict[str, Any], str]] = []
+    t, base = policy.thresholds, best.params
+    assert best.metrics is not None
     dd, ev, gr = (
-        m.get("detailed_description_f1", 1.0),
-        m.get("original_evidence", 1.0),
-        m.get("grounding_avg", 1.0),
+        best.metrics.detailed_description_f1,
+        best.metrics.original_evidence,
+        best.metrics.grounding_avg,
     )
+    candidates: list[tuple[dict[str, Any], str]] = []
+    recs: list[str] = []
     if dd < t.low_detailed_description_f1:
         candidates.append(
             (
-                {"max_steps": base["max_steps"] + policy.steps_delta},
+                {"max_steps": base.max_steps + policy.steps_delta},
                 f"detailed_description_f1 {dd:.3f} < {t.low_detailed_description_f1}: train longer (+{policy.steps_delta} steps)",
             )
         )
@@ -240,7 +278,7 @@ def round2_configs(
     if dd < t.low_detailed_description_f1:
         candidates.append(
             (
-                {"lr": round(base["lr"] + policy.lr_delta, 10)},
+                {"lr": round(base.lr + policy.lr_delta, 10)},
                 f"detailed_description_f1 {dd:.3f} < {t.low_detailed_description_f1}: slightly higher lr (+{policy.lr_delta:g})",
             )
         )
@@ -252,13 +290,14 @@ def round2_configs(
         # Nothing the seed names is low, yet the gate is not passed: its first knob is max_steps.
         candidates.append(
             (
-                {"max_steps": base["max_steps"] + policy.steps_delta},
+                {"max_steps": base.max_steps + policy.steps_delta},
                 "no sub-metric below its target, gate not passed: max_steps first (the seed's parameter priority)",
             )
         )
+    configs: list[ProposedConfig] = []
     for change, reason in candidates:
-        params = {**base, **change}
-        key = tuple(params[k] for k in SEED_PARAM_NAMES)
+        params = with_changes(base, change)
+        key = seed_key(params)
         if key in tried or len(configs) >= policy.max_configs_per_round:
             continue
         tried.add(key)
@@ -266,57 +305,18 @@ def round2_configs(
     return configs, recs
 
 
+# ---------------------------------------------------------------------- plan_next, stage by stage
+
+
 def plan_next(history: History, policy: Policy | None = None) -> Decision:
+    """The seed's rules in order; the first that applies decides (README, "Planner rules")."""
     policy = policy or Policy()
-    t = policy.thresholds
     rounds = sorted(history.rounds, key=lambda r: r.round)
     if not rounds:
-        p = policy.round0.seed_view()
-        return Decision(
-            action="train",
-            round=0,
-            configs=[
-                ProposedConfig(
-                    params=p,
-                    reason=f"smoke test ({_fmt(p)}): the pipeline must produce an adapter and schema_pass_rate >= {t.smoke_schema}",
-                )
-            ],
-            reason="start with the seed's round 0",
-        )
+        return smoke_round(policy)
+    if rounds[-1].round == 0:
+        return after_smoke(rounds[-1], policy)
     last = rounds[-1]
-    if last.round == 0:
-        smoke = last.runs[0]
-        if smoke.status == "failed":
-            return Decision(
-                action="stop",
-                round=0,
-                reason=f"the smoke run failed: {smoke.failure}",
-                recommendations=["Fix the pipeline error above, then start a new study."],
-            )
-        schema = smoke.metrics.get("schema_pass_rate", 0.0)
-        if schema < t.smoke_schema:
-            return Decision(
-                action="stop",
-                round=0,
-                selected_run=smoke.run_id,
-                reason=f"smoke schema_pass_rate {schema:.3f} < {t.smoke_schema}: fix the prompt and output constraints, not the hyperparameters",
-                recommendations=PROMPT_ADVICE,
-            )
-        smoke_key = tuple(smoke.params[k] for k in SEED_PARAM_NAMES)
-        configs = [
-            ProposedConfig(params=full_params(policy, c), reason=r)
-            for c, r in zip(policy.round1, policy.round1_reasons)
-            if tuple(full_params(policy, c)[k] for k in SEED_PARAM_NAMES) != smoke_key
-        ]
-        return Decision(
-            action="train",
-            round=1,
-            configs=configs,
-            reason=f"smoke passed (schema_pass_rate {schema:.3f}); round 1 compares three learning strengths",
-        )
-
-    later = [r for r in rounds if r.round >= 1]
-    all_runs = [run for r in later for run in r.runs]
     if all(run.status == "failed" for run in last.runs):
         return Decision(
             action="stop",
@@ -327,87 +327,148 @@ def plan_next(history: History, policy: Policy | None = None) -> Decision:
                 "Read the failure reasons (`sftgate runs`), fix them, and resume or start a new study."
             ],
         )
-    best, why = select_best(all_runs, t)
+    later = [r for r in rounds if r.round >= 1]
+    best, why = select_best([run for r in later for run in r.runs], policy.thresholds)
     assert best is not None  # the latest round has a finished run
-    if passes_gate(best, t):
-        if history.full_eval_run == best.run_id:
-            return Decision(
-                action="stop",
-                round=last.round,
-                selected_run=best.run_id,
-                reason=f"gate passed by {best.run_id} and its full-set evaluation is done",
-            )
-        if best.run_id in history.full_eval_failures:
-            return Decision(
-                action="stop",
-                round=last.round,
-                selected_run=best.run_id,
-                reason=f"gate passed by {best.run_id}, but its full-set evaluation failed: "
-                f"{history.full_eval_failures[best.run_id]}",
-                recommendations=[
-                    "Fix the cause above (for a lack of memory, a smaller decode batch_size), "
-                    "then evaluate the adapter with `sftgate eval` on the full set."
-                ],
-            )
-        return Decision(
-            action="full_eval",
-            round=last.round,
-            selected_run=best.run_id,
-            reason=f"{best.run_id} passes the gate (eval_score_avg {_score(best):.2f} >= {t.gate_score}, schema_pass_rate {best.metrics['schema_pass_rate']:.3f} >= {t.gate_schema}); evaluate it on the full set",
-        )
+    if policy.thresholds.passes_gate(best.metrics):
+        return gate_passed(best, last.round, history, policy.thresholds)
+    return stop_rule(later, best, why, policy.thresholds) or next_small_steps(
+        rounds, best, why, policy
+    )
 
+
+def smoke_round(policy: Policy) -> Decision:
+    p = policy.round0
+    return Decision(
+        action="train",
+        round=0,
+        configs=[
+            ProposedConfig(
+                params=p,
+                reason=f"smoke test ({_fmt(p)}): the pipeline must produce an adapter and schema_pass_rate >= {policy.thresholds.smoke_schema}",
+            )
+        ],
+        reason="start with the seed's round 0",
+    )
+
+
+def after_smoke(round0: RoundRecord, policy: Policy) -> Decision:
+    """Stop on a failed or format-breaking smoke run, else round 1's configs."""
+    t, smoke = policy.thresholds, round0.runs[0]
+    if smoke.status == "failed":
+        return Decision(
+            action="stop",
+            round=0,
+            reason=f"the smoke run failed: {smoke.failure}",
+            recommendations=["Fix the pipeline error above, then start a new study."],
+        )
+    if smoke.schema_rate < t.smoke_schema:
+        return Decision(
+            action="stop",
+            round=0,
+            selected_run=smoke.run_id,
+            reason=f"smoke schema_pass_rate {smoke.schema_rate:.3f} < {t.smoke_schema}: fix the prompt and output constraints, not the hyperparameters",
+            recommendations=PROMPT_ADVICE,
+        )
+    proposed = [
+        ProposedConfig(params=with_changes(policy.round0, c), reason=r)
+        for c, r in zip(policy.round1, policy.round1_reasons)
+    ]
+    return Decision(
+        action="train",
+        round=1,
+        configs=[c for c in proposed if seed_key(c.params) != smoke.key()],
+        reason=f"smoke passed (schema_pass_rate {smoke.schema_rate:.3f}); round 1 compares three learning strengths",
+    )
+
+
+def gate_passed(best: RunRecord, round_: int, history: History, t: Thresholds) -> Decision:
+    """The full set for the gate-passing run, then stop."""
+    if history.full_eval_run == best.run_id:
+        return Decision(
+            action="stop",
+            round=round_,
+            selected_run=best.run_id,
+            reason=f"gate passed by {best.run_id} and its full-set evaluation is done",
+        )
+    if best.run_id in history.full_eval_failures:
+        return Decision(
+            action="stop",
+            round=round_,
+            selected_run=best.run_id,
+            reason=f"gate passed by {best.run_id}, but its full-set evaluation failed: "
+            f"{history.full_eval_failures[best.run_id]}",
+            recommendations=[
+                "Fix the cause above (for a lack of memory, a smaller decode batch_size), "
+                "then evaluate the adapter with `sftgate eval` on the full set."
+            ],
+        )
+    return Decision(
+        action="full_eval",
+        round=round_,
+        selected_run=best.run_id,
+        reason=f"{best.run_id} passes the gate (eval_score_avg {best.score:.2f} >= {t.gate_score}, schema_pass_rate {best.schema_rate:.3f} >= {t.gate_schema}); evaluate it on the full set",
+    )
+
+
+def stop_rule(
+    later: Sequence[RoundRecord], best: RunRecord, why: str, t: Thresholds
+) -> Decision | None:
+    """Plateau, oscillation or the round budget; None when the search goes on."""
+    last = later[-1].round
     # Best score as of each round (cumulative), for the plateau and oscillation rules.
     best_by_round: list[float] = []
     schema_ok_by_round: list[bool] = []
     for r in later:
         b, _ = select_best([run for rr in later if rr.round <= r.round for run in rr.runs], t)
-        best_by_round.append(_score(b) if b else float("-inf"))
-        schema_ok_by_round.append(
-            b is not None and b.metrics.get("schema_pass_rate", 0.0) >= t.gate_schema
+        best_by_round.append(b.score if b else float("-inf"))
+        schema_ok_by_round.append(b is not None and b.schema_rate >= t.gate_schema)
+
+    def stop(reason: str) -> Decision:
+        return Decision(
+            action="stop",
+            round=last,
+            selected_run=best.run_id,
+            reason=reason,
+            recommendations=PROMPT_ADVICE + RETRIEVAL_ADVICE,
         )
-    recs_stop = PROMPT_ADVICE + RETRIEVAL_ADVICE
+
     if len(best_by_round) >= 2:
         # Rounded: 90.3 - 90.0 is 0.29999999999999716 in floating point, not < 0.3.
         gain = round(best_by_round[-1] - best_by_round[-2], 9)
         if gain < t.plateau:
-            return Decision(
-                action="stop",
-                round=last.round,
-                selected_run=best.run_id,
-                reason=f"plateau: round {last.round} improved the best eval_score_avg by {gain:.2f} < {t.plateau}; {why}",
-                recommendations=recs_stop,
+            return stop(
+                f"plateau: round {last} improved the best eval_score_avg by {gain:.2f} < {t.plateau}; {why}"
             )
         if all(schema_ok_by_round[-2:]) and all(
             t.oscillation_low <= s < t.oscillation_high for s in best_by_round[-2:]
         ):
-            return Decision(
-                action="stop",
-                round=last.round,
-                selected_run=best.run_id,
-                reason=f"oscillation: the best score stayed in [{t.oscillation_low}, {t.oscillation_high}) for two rounds; {why}",
-                recommendations=recs_stop,
+            return stop(
+                f"oscillation: the best score stayed in [{t.oscillation_low}, {t.oscillation_high}) for two rounds; {why}"
             )
-    if last.round + 1 >= t.max_rounds:
-        return Decision(
-            action="stop",
-            round=last.round,
-            selected_run=best.run_id,
-            reason=f"max_rounds ({t.max_rounds}) reached without passing the gate; {why}",
-            recommendations=recs_stop,
-        )
-    tried = {tuple(run.params[k] for k in SEED_PARAM_NAMES) for r in rounds for run in r.runs}
+    if last + 1 >= t.max_rounds:
+        return stop(f"max_rounds ({t.max_rounds}) reached without passing the gate; {why}")
+    return None
+
+
+def next_small_steps(
+    rounds: Sequence[RoundRecord], best: RunRecord, why: str, policy: Policy
+) -> Decision:
+    """Round 2+: small steps from the best run, or stop when none is left."""
+    last = rounds[-1].round
+    tried = {run.key() for r in rounds for run in r.runs}
     configs, recs = round2_configs(best, tried, policy)
     if not configs:
         return Decision(
             action="stop",
-            round=last.round,
+            round=last,
             selected_run=best.run_id,
             reason=f"no parameter change left to try from {best.run_id}; {why}",
-            recommendations=recs or recs_stop,
+            recommendations=recs or PROMPT_ADVICE + RETRIEVAL_ADVICE,
         )
     return Decision(
         action="train",
-        round=last.round + 1,
+        round=last + 1,
         configs=configs,
         selected_run=best.run_id,
         reason=f"best so far: {why}",

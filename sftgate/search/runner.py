@@ -21,7 +21,7 @@ from sftgate.evaluate import META, PARTIAL_META, DecodeSettings, EvalConfig, eva
 from sftgate.fsutil import atomic_write_text
 from sftgate.models import Quantization
 from sftgate.params import TrainParams
-from sftgate.scoring import QuestionScore, read_per_question
+from sftgate.scoring import Metrics, QuestionScore, read_per_question
 from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
 
 
@@ -33,7 +33,7 @@ class RunSpec:
 
     run_id: str
     split: Literal["gate", "full"]
-    params: dict[str, Any]
+    params: TrainParams
     model: str
     quantization: Quantization
     gradient_checkpointing: bool | None
@@ -43,7 +43,7 @@ class RunSpec:
     eval_questions: str
     eval_contexts: str | None
     run_dir: str
-    decode: dict[str, Any]
+    decode: DecodeSettings
     # What an adapter found on disk must have been trained with, to be reused by a restart.
     expected: dict[str, str] = field(default_factory=dict)
     progress: bool = True
@@ -62,7 +62,7 @@ class RunOutcome:
     run_id: str
     split: Literal["gate", "full"]
     status: Literal["done", "failed"]
-    metrics: dict[str, Any] | None = None
+    metrics: Metrics | None = None
     question_scores: list[QuestionScore] | None = None
     train_meta: dict[str, Any] | None = None
     eval_meta: dict[str, Any] | None = None
@@ -80,7 +80,7 @@ def lost_outcome(spec: RunSpec, reason: str, worker: dict[str, Any] | None) -> R
 
 
 def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
-    wanted = {**spec.expected, "train_params": spec.params}
+    wanted = {**spec.expected, "train_params": spec.params.model_dump(mode="json")}
     return [k for k, v in wanted.items() if meta.get(k) != v]
 
 
@@ -109,76 +109,33 @@ def execute_run(
     failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
     A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
     its last finished batch."""
-    train_s = eval_s = None
+    stage = on_stage or (lambda _: None)
+    train_s: float | None = None
     train_meta = None
     try:
-        if (spec.adapter_dir / METADATA_FILE).exists():
-            train_meta = read_adapter_metadata(spec.adapter_dir)
-            wrong = adapter_mismatches(train_meta, spec)
-            if wrong:
-                raise SftgateError(
-                    f"{spec.adapter_dir} holds an adapter trained with other {', '.join(wrong)}; "
-                    "delete it to train this run again"
-                )
-        elif spec.split == "full":
-            raise SftgateError(f"no finished adapter at {spec.adapter_dir} to evaluate")
-        else:
-            if on_stage:
-                on_stage("training")
+        train_meta = reusable_adapter(spec)
+        if train_meta is None:
+            stage("training")
             t0 = time.perf_counter()
-            config = TrainConfig(
-                model=spec.model,
-                quantization=spec.quantization,
-                questions=spec.train_questions,
-                contexts=spec.train_contexts,
-                prompt=spec.prompt,
-                out=str(spec.adapter_dir),
-                gradient_checkpointing=spec.gradient_checkpointing,
-                params=TrainParams.model_validate(spec.params),
-            )
-            train_meta = train(config, progress=spec.progress, on_step=on_progress).metadata
+            train_meta = train_adapter(spec, on_progress)
             train_s = time.perf_counter() - t0
-        assert train_meta is not None
         finished = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
         if finished is not None:  # killed after the evaluation, before the registry heard of it
             metrics, eval_meta = finished
-            return RunOutcome(
-                spec.run_id,
-                spec.split,
-                "done",
-                metrics=metrics,
-                question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
-                train_meta=train_meta,
-                eval_meta=eval_meta,
-                train_s=train_s,
-                eval_s=eval_meta["wall_time_s"],
-            )
-        if on_stage:
-            on_stage("evaluating")
-        t0 = time.perf_counter()
-        result = evaluate(
-            EvalConfig(
-                model=spec.model,
-                adapter=str(spec.adapter_dir),
-                quantization=spec.quantization,
-                questions=spec.eval_questions,
-                contexts=spec.eval_contexts,
-                prompt=spec.prompt,
-                out=str(spec.eval_dir),
-                decode=DecodeSettings.model_validate(spec.decode),
-            ),
-            progress=spec.progress,
-            on_batch=on_progress,
-        )
-        eval_s = time.perf_counter() - t0
+            eval_s = eval_meta["wall_time_s"]
+        else:
+            stage("evaluating")
+            t0 = time.perf_counter()
+            metrics, eval_meta = evaluate_adapter(spec, on_progress)
+            eval_s = time.perf_counter() - t0
         return RunOutcome(
             spec.run_id,
             spec.split,
             "done",
-            metrics=result.metrics,
+            metrics=Metrics.model_validate(metrics),
             question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
             train_meta=train_meta,
-            eval_meta=result.meta,
+            eval_meta=eval_meta,
             train_s=train_s,
             eval_s=eval_s,
         )
@@ -193,5 +150,55 @@ def execute_run(
             train_meta=train_meta,
             failure=reason[:2000],
             train_s=train_s,
-            eval_s=eval_s,
         )
+
+
+def reusable_adapter(spec: RunSpec) -> dict[str, Any] | None:
+    """The metadata of a complete adapter left by an earlier attempt, if it matches the spec;
+    None when there is none and the gate split should train one."""
+    if (spec.adapter_dir / METADATA_FILE).exists():
+        meta = read_adapter_metadata(spec.adapter_dir)
+        wrong = adapter_mismatches(meta, spec)
+        if wrong:
+            raise SftgateError(
+                f"{spec.adapter_dir} holds an adapter trained with other {', '.join(wrong)}; "
+                "delete it to train this run again"
+            )
+        return meta
+    if spec.split == "full":
+        raise SftgateError(f"no finished adapter at {spec.adapter_dir} to evaluate")
+    return None
+
+
+def train_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    config = TrainConfig(
+        model=spec.model,
+        quantization=spec.quantization,
+        questions=spec.train_questions,
+        contexts=spec.train_contexts,
+        prompt=spec.prompt,
+        out=str(spec.adapter_dir),
+        gradient_checkpointing=spec.gradient_checkpointing,
+        params=spec.params,
+    )
+    return train(config, progress=spec.progress, on_step=on_progress).metadata
+
+
+def evaluate_adapter(
+    spec: RunSpec, on_progress: Callable[[int, int], None] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    result = evaluate(
+        EvalConfig(
+            model=spec.model,
+            adapter=str(spec.adapter_dir),
+            quantization=spec.quantization,
+            questions=spec.eval_questions,
+            contexts=spec.eval_contexts,
+            prompt=spec.prompt,
+            out=str(spec.eval_dir),
+            decode=spec.decode,
+        ),
+        progress=spec.progress,
+        on_batch=on_progress,
+    )
+    return result.metrics, result.meta

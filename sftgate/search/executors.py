@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from sftgate.config import StrictModel
 from sftgate.errors import SftgateError
 from sftgate.fsutil import atomic_write_text
-from sftgate.runner import RunOutcome, RunSpec, execute_run, lost_outcome
+from sftgate.search.runner import RunOutcome, RunSpec, execute_run, lost_outcome
 
 # ---------------------------------------------------------------------- the config
 
@@ -191,16 +191,84 @@ def _ray_task(spec: RunSpec) -> RunOutcome:
 # ---------------------------------------------------------------------- the driver side
 
 
+class Watch(Protocol):
+    """What the driver hears while runs execute."""
+
+    def stage(self, spec: RunSpec, stage: str, worker: dict[str, Any] | None) -> None: ...
+
+    def progress(self, spec: RunSpec, done: int, total: int) -> None: ...
+
+
 class Executor(Protocol):
     capacity: int  # runs it accepts at once
+    nests_progress: bool  # runs show their own progress bars inside the driver's live view
 
     def start(self, spec: RunSpec) -> None: ...
 
-    def wait(self, timeout_s: float) -> list[RunOutcome]: ...
+    def wait(self, timeout_s: float, watch: Watch) -> list[RunOutcome]:
+        """The outcomes of runs that finished within about timeout_s; stages and progress go to
+        watch as they happen."""
+        ...
 
     def close(self) -> None: ...
 
     def where(self) -> str: ...
+
+
+class InProcess:
+    """The search's own process, one run after another (one GPU or none)."""
+
+    capacity = 1
+    nests_progress = True
+
+    def __init__(self) -> None:
+        self.queue: list[RunSpec] = []
+
+    def where(self) -> str:
+        return "local: this process, one run at a time"
+
+    def start(self, spec: RunSpec) -> None:
+        self.queue.append(spec)
+
+    def wait(self, timeout_s: float, watch: Watch) -> list[RunOutcome]:
+        if not self.queue:
+            return []
+        spec = self.queue.pop(0)
+        watch.stage(spec, "starting", None)
+        outcome = execute_run(
+            spec,
+            lambda stage: watch.stage(spec, stage, None),
+            lambda done, total: watch.progress(spec, done, total),
+        )
+        return [outcome]
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+class WorkerFiles:
+    """Follows the worker files of runs executing elsewhere (child processes, Ray tasks)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[RunSpec, str | None]] = {}  # run id -> (spec, last stage)
+
+    def add(self, spec: RunSpec) -> None:
+        worker_file(spec).unlink(missing_ok=True)  # a previous attempt's
+        self.seen[spec.run_id] = (spec, None)
+
+    def drop(self, spec: RunSpec) -> None:
+        self.seen.pop(spec.run_id, None)
+
+    def poll(self, watch: Watch) -> None:
+        for run_id, (spec, last) in list(self.seen.items()):
+            worker = read_worker(spec)
+            if not worker or worker["stage"] in ("done", "failed"):
+                continue
+            if worker["stage"] != last:
+                self.seen[run_id] = (spec, worker["stage"])
+                watch.stage(spec, worker["stage"], worker)
+            if worker["progress"]:
+                watch.progress(spec, *worker["progress"])
 
 
 def _lost(spec: RunSpec, how: str) -> RunOutcome:
@@ -220,7 +288,10 @@ def _lost(spec: RunSpec, how: str) -> RunOutcome:
 class LocalProcesses:
     """One spawned child process per run, at most one per slot; slot k uses devices[k]."""
 
+    nests_progress = False
+
     def __init__(self, devices: list[str | None], threads: int | None):
+        self.workers = WorkerFiles()
         self.ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self.devices = devices
         self.threads = threads
@@ -234,6 +305,7 @@ class LocalProcesses:
         return f"local: {self.capacity} runs at once in child processes on {on}"
 
     def start(self, spec: RunSpec) -> None:
+        self.workers.add(spec)
         slot = self.free.pop(0)
         receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
@@ -245,7 +317,7 @@ class LocalProcesses:
         send.close()  # the child holds the only writer: its death reads as end of file here
         self.running[spec.run_id] = (spec, proc, receive, slot)
 
-    def wait(self, timeout_s: float) -> list[RunOutcome]:
+    def wait(self, timeout_s: float, watch: Watch) -> list[RunOutcome]:
         ready = set(wait([conn for _, _, conn, _ in self.running.values()], timeout_s))
         finished = []
         for run_id, (spec, proc, conn, slot) in list(self.running.items()):
@@ -269,7 +341,9 @@ class LocalProcesses:
             conn.close()
             del self.running[run_id]
             self.free.append(slot)
+            self.workers.drop(spec)
             finished.append(outcome)
+        self.workers.poll(watch)
         return finished
 
     def close(self) -> None:
@@ -283,6 +357,8 @@ class LocalProcesses:
 class RayTasks:
     """One Ray task per run, asking for `gpus_per_run` GPUs; the cluster queues what does not fit."""
 
+    nests_progress = False
+
     def __init__(self, config: ExecutorConfig):
         try:
             import ray
@@ -292,6 +368,7 @@ class RayTasks:
             ) from e
         self.ray = ray
         self.refs: dict[Any, RunSpec] = {}
+        self.workers = WorkerFiles()
         self.owns = not ray.is_initialized()
         if self.owns:
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
@@ -322,9 +399,10 @@ class RayTasks:
         return f"ray: cluster {self.address} ({self.gpus:g} GPUs)"
 
     def start(self, spec: RunSpec) -> None:
+        self.workers.add(spec)
         self.refs[self.task.remote(spec)] = spec
 
-    def wait(self, timeout_s: float) -> list[RunOutcome]:
+    def wait(self, timeout_s: float, watch: Watch) -> list[RunOutcome]:
         ray = self.ray
         if not self.refs:
             return []
@@ -332,6 +410,7 @@ class RayTasks:
         finished = []
         for ref in ready:
             spec = self.refs.pop(ref)
+            self.workers.drop(spec)
             try:
                 finished.append(ray.get(ref))
             except ray.exceptions.RayTaskError as e:  # the task itself raised: not a lost worker
@@ -343,6 +422,7 @@ class RayTasks:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 how = f"{type(e).__name__}: {first}"
                 finished.append(_lost(spec, how))
+        self.workers.poll(watch)
         return finished
 
     def close(self) -> None:
@@ -365,8 +445,8 @@ def visible_gpus() -> list[str]:
     return ids[:n] if len(ids) >= n else [str(i) for i in range(n)]
 
 
-def open_executor(config: ExecutorConfig) -> Executor | None:
-    """The executor the config asks for; None means this process, one run after another."""
+def open_executor(config: ExecutorConfig) -> Executor:
+    """The executor the config asks for."""
     if config.kind == "ray":
         return RayTasks(config)
     visible = visible_gpus()
@@ -380,7 +460,7 @@ def open_executor(config: ExecutorConfig) -> Executor | None:
         visible = [visible[g] for g in config.gpus]
     n = config.parallel_runs or max(1, len(visible))
     if n == 1 and config.gpus is None:
-        return None
+        return InProcess()
     if not visible:  # CPU: share the cores among the processes instead of oversubscribing them
         return LocalProcesses([None] * n, threads=max(1, (os.cpu_count() or 1) // n))
     return LocalProcesses([visible[k % len(visible)] for k in range(n)], threads=None)

@@ -13,12 +13,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from sftgate.errors import MismatchError, SftgateError
+from sftgate.params import TrainParams
 from sftgate.paths import data_dir
-from sftgate.scoring import QuestionScore
+from sftgate.scoring import METRIC_KEYS, Metrics, QuestionScore
 
 MIGRATIONS: list[str] = [
     # 1: studies, runs, decisions
@@ -125,16 +127,49 @@ PIN_KEYS = (
     "gate_set_version",
     "full_set_version",
 )
-RUN_STATES = ("planned", "training", "evaluating", "done", "failed")
-METRIC_COLUMNS = (
-    "eval_score_avg",
-    "schema_pass_rate",
-    "grounding_avg",
-    "detailed_description_f1",
-    "original_evidence",
-    "answer_f1",
-    "context_recall",
+METRIC_COLUMNS = METRIC_KEYS  # one column per aggregate metric
+# Run fields that are their column's value as recorded (the `*_json` columns decoded).
+_AS_RECORDED = (
+    "id",
+    "study_id",
+    "round",
+    "position",
+    "reason",
+    "model_id",
+    "prompt_version",
+    "prompt_sha256",
+    "index_version",
+    "eval_set_version",
+    "adapter_id",
+    "adapter_path",
+    "gate_dir",
+    "train_meta",
+    "eval_meta",
+    "failure",
+    "train_s",
+    "eval_s",
+    "worker",
+    "created_at",
+    "updated_at",
 )
+
+
+class RunState(str, Enum):
+    """A run's life: planned -> training -> evaluating -> done, or failed at any stage."""
+
+    PLANNED = "planned"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class FullState(str, Enum):
+    """The full-set evaluation of a gate-passing run."""
+
+    EVALUATING = "evaluating"
+    DONE = "done"
+    FAILED = "failed"
 
 
 def now() -> str:
@@ -143,6 +178,10 @@ def now() -> str:
 
 def default_path() -> Path:
     return data_dir() / "registry.sqlite"
+
+
+def new_run_id(round_: int, position: int) -> str:
+    return f"r{round_}-{position}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -155,6 +194,59 @@ class Study:
     status: str
     created_at: str
 
+    @property
+    def round0(self) -> TrainParams:
+        """Round 0's parameters: every run's parameters the seed does not name."""
+        return TrainParams.model_validate(self.config.get("policy", {}).get("round0", {}))
+
+
+@dataclass(frozen=True)
+class FullEval:
+    state: FullState
+    dir: str | None
+    metrics: Metrics | None
+    eval_set_version: str | None
+    failure: str | None
+    eval_s: float | None
+    lost: bool
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run as recorded (a frozen view of its row)."""
+
+    id: str
+    study_id: str
+    round: int
+    position: int
+    params: TrainParams  # round 0's, with the seven seed parameters the planner chose
+    reason: str
+    state: RunState
+    lost: bool  # failed because its worker died: a resumed study runs it again
+    model_id: str
+    prompt_version: str
+    prompt_sha256: str
+    index_version: str
+    eval_set_version: str
+    adapter_id: str | None
+    adapter_path: str | None
+    gate_dir: str | None
+    metrics: Metrics | None
+    train_meta: dict[str, Any] | None
+    eval_meta: dict[str, Any] | None
+    failure: str | None
+    train_s: float | None
+    eval_s: float | None
+    worker: dict[str, Any] | None
+    full: FullEval | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def status(self) -> str:
+        """As `sftgate runs` and the report show it."""
+        return self.state.value + (" (lost)" if self.lost else "")
+
 
 class Registry:
     def __init__(self, path: str | Path | None = None):
@@ -164,6 +256,7 @@ class Registry:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self._round0: dict[str, TrainParams] = {}  # study id -> its round 0 (runs' other params)
         self.migrate()
 
     def close(self) -> None:
@@ -261,7 +354,7 @@ class Registry:
         self,
         study: Study,
         decision: Mapping[str, Any],
-        configs: list[tuple[dict[str, Any], str]] | None = None,
+        configs: Sequence[tuple[TrainParams, str]] | None = None,
     ) -> list[str]:
         """The planner's decision and, for a train decision, its round's planned runs, in one
         transaction: a crash never leaves a decision without its runs. Idempotent: a resumed
@@ -273,7 +366,7 @@ class Registry:
             return self._add_round(db, study, int(decision["round"]), configs)
 
     def add_round(
-        self, study: Study, round_: int, configs: list[tuple[dict[str, Any], str]]
+        self, study: Study, round_: int, configs: Sequence[tuple[TrainParams, str]]
     ) -> list[str]:
         """Insert a round's planned runs (idempotent: an existing round is returned as is)."""
         with self.tx() as db:
@@ -284,7 +377,7 @@ class Registry:
         db: sqlite3.Connection,
         study: Study,
         round_: int,
-        configs: list[tuple[dict[str, Any], str]],
+        configs: Sequence[tuple[TrainParams, str]],
     ) -> list[str]:
         existing = db.execute(
             "SELECT id FROM runs WHERE study_id = ? AND round = ? ORDER BY position",
@@ -294,7 +387,7 @@ class Registry:
             return [r["id"] for r in existing]
         ids = []
         for pos, (params, reason) in enumerate(configs):
-            run_id = f"r{round_}-{pos}-{uuid.uuid4().hex[:6]}"
+            run_id = new_run_id(round_, pos)
             ids.append(run_id)
             db.execute(
                 "INSERT INTO runs (id, study_id, round, position, params_json, reason, status, model_id, prompt_version, prompt_sha256, index_version, eval_set_version, created_at, updated_at) "
@@ -304,7 +397,8 @@ class Registry:
                     study.id,
                     round_,
                     pos,
-                    json.dumps(params),
+                    # The seed's seven: the others are round 0's for every run of the study.
+                    json.dumps(params.seed_view()),
                     reason,
                     study.pins["model_id"],
                     study.pins["prompt_version"],
@@ -317,46 +411,147 @@ class Registry:
             )
         return ids
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
-        if "status" in fields and fields["status"] not in RUN_STATES:
-            raise ValueError(f"unknown run status {fields['status']!r}")
+    def _update(self, db: sqlite3.Connection, run_id: str, **fields: Any) -> None:
         cols = {
             k: (json.dumps(v, ensure_ascii=False) if k.endswith("_json") else v)
             for k, v in fields.items()
         }
         cols["updated_at"] = now()
-        with self.tx() as db:
-            db.execute(
-                f"UPDATE runs SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
-                (*cols.values(), run_id),
-            )
-
-    def record_metrics(self, run_id: str, metrics: Mapping[str, Any], **fields: Any) -> None:
-        lo, hi = metrics["eval_score_ci95"]
-        self.update_run(
-            run_id,
-            **{k: metrics[k] for k in METRIC_COLUMNS},
-            eval_score_ci_low=lo,
-            eval_score_ci_high=hi,
-            metrics_json=dict(metrics),
-            **fields,
+        db.execute(
+            f"UPDATE runs SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
+            (*cols.values(), run_id),
         )
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
+    def set_stage(
+        self, run_id: str, state: RunState | None, worker: Mapping[str, Any] | None = None
+    ) -> None:
+        """A run's stage (training, evaluating) and where it runs, as its worker reports them."""
+        fields: dict[str, Any] = {"worker_json": dict(worker)} if worker else {}
+        if state is not None:
+            if state not in (RunState.TRAINING, RunState.EVALUATING):
+                raise ValueError(f"set_stage() sets training or evaluating, not {state.value}")
+            fields["status"] = state.value
+        if fields:
+            with self.tx() as db:
+                self._update(db, run_id, **fields)
+
+    def record_done(
+        self,
+        run_id: str,
+        metrics: Metrics,
+        scores: Sequence[QuestionScore],
+        **fields: Any,
+    ) -> None:
+        """A run trained and evaluated on the gate set: its metrics, its per-question scores and
+        the other columns given (paths, metadata, timings), in one transaction."""
+        lo, hi = metrics.eval_score_ci95 or (None, None)
+        with self.tx() as db:
+            self._write_scores(db, run_id, "gate", scores)
+            self._update(
+                db,
+                run_id,
+                **{k: getattr(metrics, k) for k in METRIC_COLUMNS},
+                eval_score_ci_low=lo,
+                eval_score_ci_high=hi,
+                metrics_json=metrics.to_json(),
+                status=RunState.DONE.value,
+                failure=None,
+                **fields,
+            )
+
+    def record_failed(self, run_id: str, failure: str, *, lost: bool, **fields: Any) -> None:
+        """A run that failed (lost: its worker died), with what is known of it."""
+        with self.tx() as db:
+            self._update(
+                db, run_id, status=RunState.FAILED.value, failure=failure, lost=int(lost), **fields
+            )
+
+    def start_full(self, run_id: str) -> None:
+        with self.tx() as db:
+            self._update(db, run_id, full_status=FullState.EVALUATING.value)
+
+    def record_full_done(
+        self,
+        run_id: str,
+        metrics: Metrics,
+        scores: Sequence[QuestionScore],
+        *,
+        full_dir: str,
+        eval_s: float | None,
+    ) -> None:
+        with self.tx() as db:
+            self._write_scores(db, run_id, "full", scores)
+            self._update(
+                db,
+                run_id,
+                full_status=FullState.DONE.value,
+                full_dir=full_dir,
+                full_metrics_json=metrics.to_json(),
+                full_eval_set_version=metrics.eval_set_version,
+                full_eval_s=eval_s,
+                full_failure=None,
+            )
+
+    def record_full_failed(self, run_id: str, failure: str, *, lost: bool) -> None:
+        with self.tx() as db:
+            self._update(
+                db,
+                run_id,
+                full_status=FullState.FAILED.value,
+                full_failure=failure,
+                full_lost=int(lost),
+            )
+
+    def run(self, run_id: str) -> Run | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return self._run(row) if row else None
+
+    def run_json(self, run_id: str) -> dict[str, Any] | None:
+        """Everything recorded about a run, as `sftgate show` prints it: the row, with each
+        `*_json` column decoded under its name without the suffix."""
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _row(row) if row else None
 
     def runs(
-        self, study_id: str | None = None, *, round_: int | None = None
-    ) -> list[dict[str, Any]]:
+        self,
+        study_id: str | None = None,
+        *,
+        round_: int | None = None,
+        state: RunState | None = None,
+    ) -> list[Run]:
         sql, args = "SELECT * FROM runs WHERE 1=1", list[Any]()
-        if study_id is not None:
-            sql += " AND study_id = ?"
-            args.append(study_id)
-        if round_ is not None:
-            sql += " AND round = ?"
-            args.append(round_)
-        return [_row(r) for r in self.db.execute(sql + " ORDER BY round, position", args)]
+        for column, value in (("study_id", study_id), ("round", round_), ("status", state)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value.value if isinstance(value, Enum) else value)
+        return [self._run(r) for r in self.db.execute(sql + " ORDER BY round, position", args)]
+
+    def _run(self, row: sqlite3.Row) -> Run:
+        r = _row(row)
+        if r["study_id"] not in self._round0:
+            study = self.study(r["study_id"])
+            assert study is not None  # a foreign key
+            self._round0[r["study_id"]] = study.round0
+        round0 = self._round0[r["study_id"]]
+        full = None
+        if r["full_status"] is not None:
+            full = FullEval(
+                state=FullState(r["full_status"]),
+                dir=r["full_dir"],
+                metrics=Metrics.model_validate(r["full_metrics"]) if r["full_metrics"] else None,
+                eval_set_version=r["full_eval_set_version"],
+                failure=r["full_failure"],
+                eval_s=r["full_eval_s"],
+                lost=bool(r["full_lost"]),
+            )
+        return Run(
+            **{k: r[k] for k in _AS_RECORDED},
+            params=TrainParams.model_validate({**round0.model_dump(), **r["params"]}),
+            state=RunState(r["status"]),
+            lost=bool(r["lost"]),
+            metrics=Metrics.model_validate(r["metrics"]) if r["metrics"] else None,
+            full=full,
+        )
 
     def reset_interrupted(self, study_id: str) -> list[str]:
         """Runs left in training/evaluating by a killed search, and runs whose worker died (lost),
@@ -387,34 +582,31 @@ class Registry:
 
     # ------------------------------------------------------------------ per-question scores
 
-    def record_question_scores(
-        self, run_id: str, split: str, scores: Sequence[QuestionScore]
+    def _write_scores(
+        self, db: sqlite3.Connection, run_id: str, split: str, scores: Sequence[QuestionScore]
     ) -> None:
-        with self.tx() as db:
-            db.execute(
-                "DELETE FROM question_scores WHERE run_id = ? AND split = ?", (run_id, split)
-            )
-            db.executemany(
-                "INSERT INTO question_scores (run_id, split, question_id, schema_ok, schema_error, "
-                "answer_f1, detailed_description_f1, original_evidence, grounding, context_recall, "
-                "eval_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        split,
-                        s.id,
-                        int(s.schema_ok),
-                        s.schema_error,
-                        s.answer_f1,
-                        s.detailed_description_f1,
-                        s.original_evidence,
-                        s.grounding,
-                        s.context_recall,
-                        s.eval_score,
-                    )
-                    for s in scores
-                ],
-            )
+        db.execute("DELETE FROM question_scores WHERE run_id = ? AND split = ?", (run_id, split))
+        db.executemany(
+            "INSERT INTO question_scores (run_id, split, question_id, schema_ok, schema_error, "
+            "answer_f1, detailed_description_f1, original_evidence, grounding, context_recall, "
+            "eval_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    split,
+                    s.id,
+                    int(s.schema_ok),
+                    s.schema_error,
+                    s.answer_f1,
+                    s.detailed_description_f1,
+                    s.original_evidence,
+                    s.grounding,
+                    s.context_recall,
+                    s.eval_score,
+                )
+                for s in scores
+            ],
+        )
 
     def question_scores(self, run_id: str, split: str = "gate") -> list[QuestionScore]:
         rows = self.db.execute(
@@ -496,9 +688,13 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def comparable(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+def comparable(a: Run, b: Run) -> None:
     """Refuse to compare two runs of different studies or evaluated under different pins."""
     keys = ("study_id", "model_id", "prompt_sha256", "index_version", "eval_set_version")
-    diff = [f"{k}: {a[k][:12]} vs {b[k][:12]}" for k in keys if a[k] != b[k]]
+    diff = [
+        f"{k}: {getattr(a, k)[:12]} vs {getattr(b, k)[:12]}"
+        for k in keys
+        if getattr(a, k) != getattr(b, k)
+    ]
     if diff:
-        raise MismatchError(f"runs {a['id']} and {b['id']} are not comparable ({'; '.join(diff)})")
+        raise MismatchError(f"runs {a.id} and {b.id} are not comparable ({'; '.join(diff)})")

@@ -1,0 +1,325 @@
+"""`sftgate search`: the seed's strategy run end to end, resumable, every step in the registry.
+
+`search` reads top to bottom: load the config and pin the inputs (a study whose inputs changed is
+refused before its files are touched), build the index and the contexts files, put interrupted
+runs back to planned, then `drive` the study, then write the report. `drive` is one loop:
+
+    execute the planned runs and record each outcome; decision = plan_next(history(registry));
+    record the decision (with the next round's runs, in one transaction); until it says stop.
+
+Only the driver writes the registry. One run's work is `sftgate.search.runner.execute_run(spec)`,
+from plain data; an executor (`sftgate.search.executors`: this process, a child process per GPU,
+or Ray tasks) runs the specs and hands the outcomes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sftgate.errors import SftgateError
+from sftgate.params import TrainParams
+from sftgate.search.executors import Executor, open_executor
+from sftgate.search.inputs import Inputs, inputs_for_workers, pin_inputs, prepare_contexts
+from sftgate.search.live import LiveView, console
+from sftgate.search.planner import Decision, History, Policy, RoundRecord, RunRecord, plan_next
+from sftgate.search.registry import Registry, RunState, Study, check_pins
+from sftgate.search.runner import RunOutcome, RunSpec
+from sftgate.search.study import StudyConfig, load_study_config
+
+# ---------------------------------------------------------------------- the driver's registry writes
+
+
+def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
+    if spec.split == "full":
+        if outcome.status == "failed":
+            reg.record_full_failed(spec.run_id, outcome.failure or "", lost=outcome.lost)
+            return
+        assert outcome.metrics is not None and outcome.question_scores is not None
+        reg.record_full_done(
+            spec.run_id,
+            outcome.metrics,
+            outcome.question_scores,
+            full_dir=str(spec.eval_dir),
+            eval_s=outcome.eval_s,
+        )
+        return
+    common: dict[str, Any] = {"train_s": outcome.train_s, "eval_s": outcome.eval_s}
+    if outcome.worker is not None:
+        common["worker_json"] = outcome.worker
+    if outcome.train_meta is not None:
+        common |= {
+            "adapter_id": outcome.train_meta["adapter_id"],
+            "adapter_path": str(spec.adapter_dir),
+            "train_meta_json": outcome.train_meta,
+        }
+    if outcome.status == "failed":
+        reg.record_failed(spec.run_id, outcome.failure or "", lost=outcome.lost, **common)
+        return
+    assert outcome.metrics is not None and outcome.question_scores is not None
+    if outcome.train_s is None and outcome.train_meta is not None:
+        # a restart that reused the adapter: its training time is in the adapter's metadata
+        common["train_s"] = outcome.train_meta["wall_time_s"]
+    reg.record_done(
+        spec.run_id,
+        outcome.metrics,
+        outcome.question_scores,
+        gate_dir=str(spec.eval_dir),
+        eval_meta_json=outcome.eval_meta,
+        **common,
+    )
+
+
+def history(reg: Registry, study: Study) -> History:
+    """The planner's view of the study, from the registry alone."""
+    rounds: dict[int, list[RunRecord]] = {}
+    full_done, full_failed = None, {}
+    for r in reg.runs(study.id):
+        if r.state not in (RunState.DONE, RunState.FAILED):
+            continue
+        scores = reg.question_scores(r.id, "gate") if r.state is RunState.DONE else []
+        rounds.setdefault(r.round, []).append(
+            RunRecord(
+                run_id=r.id,
+                params=r.params,
+                status=r.state.value,
+                metrics=r.metrics,
+                per_question={s.id: s.eval_score for s in scores} or None,
+                failure=r.failure,
+            )
+        )
+        if r.full is None:
+            continue
+        if r.full.state.value == "done":
+            full_done = r.id
+        elif r.full.state.value == "failed":
+            full_failed[r.id] = r.full.failure or "unknown"
+    return History(
+        rounds=[RoundRecord(round=k, runs=v) for k, v in sorted(rounds.items())],
+        full_eval_run=full_done,
+        full_eval_failures=full_failed,
+    )
+
+
+# ---------------------------------------------------------------------- run specs
+
+
+@dataclass(frozen=True)
+class Specs:
+    """Run specs from a study config and its pinned inputs; `check` refuses inputs edited while
+    the search runs (the round's runs would not be comparable)."""
+
+    config: StudyConfig
+    inputs: Inputs
+    progress: bool
+
+    def check(self, study: Study) -> None:
+        check_pins(study, pin_inputs(self.config).pins)
+
+    def spec(self, run_id: str, params: TrainParams, split: Literal["gate", "full"]) -> RunSpec:
+        config, contexts = self.config, self.inputs.contexts
+
+        def ctx(s: str) -> str | None:
+            path = contexts[s]
+            return str(path) if path else None
+
+        return RunSpec(
+            run_id=run_id,
+            split=split,
+            params=params,
+            model=config.model,
+            quantization=config.quantization,
+            gradient_checkpointing=config.gradient_checkpointing,
+            prompt=config.prompt,
+            train_questions=config.train_questions,
+            train_contexts=ctx("train"),
+            eval_questions=config.gate_questions if split == "gate" else config.full_questions,
+            eval_contexts=ctx(split),
+            run_dir=str(config.work / "runs" / run_id),
+            decode=config.decode,
+            expected={
+                k: self.inputs.pins[k]
+                for k in ("model_id", "prompt_sha256", "index_version", "train_set_version")
+            },
+            progress=self.progress,
+        )
+
+
+# ---------------------------------------------------------------------- executing runs
+
+
+class RunsLost(SftgateError):
+    """Runs whose worker died; recorded as failed (lost), they run again when the study resumes."""
+
+    def __init__(self, lost: Sequence[RunOutcome], config_path: str | Path = "STUDY.yaml"):
+        self.lost = list(lost)
+        runs = "; ".join(
+            f"{o.run_id}{' (full set)' if o.split == 'full' else ''}: {o.failure}" for o in lost
+        )
+        super().__init__(
+            f"{len(lost)} run(s) lost their worker; the round's other runs are recorded. {runs}. "
+            f"Run `sftgate search --config {config_path}` again to run the lost ones again."
+        )
+
+
+def _where(worker: dict[str, Any] | None) -> str:
+    if not worker:
+        return ""
+    gpu = f" GPU {worker['devices']}" if worker.get("devices") else ""
+    return f"{worker['host']} pid {worker['pid']}{gpu}"
+
+
+class StageRecorder:
+    """Stages to the registry and the live view, progress to the live view."""
+
+    STAGES = {"training": RunState.TRAINING, "evaluating": RunState.EVALUATING}
+
+    def __init__(self, reg: Registry, view: LiveView):
+        self.reg, self.view = reg, view
+
+    def stage(self, spec: RunSpec, stage: str, worker: dict[str, Any] | None) -> None:
+        self.view.set_stage(spec.run_id, stage, _where(worker))
+        state = self.STAGES.get(stage) if spec.split == "gate" else None
+        self.reg.set_stage(spec.run_id, state, worker)
+
+    def progress(self, spec: RunSpec, done: int, total: int) -> None:
+        self.view.set_progress(spec.run_id, done, total)
+
+
+def execute(
+    specs: Sequence[RunSpec], executor: Executor, reg: Registry, view: LiveView
+) -> list[RunOutcome]:
+    """Run specs on the executor, at most its capacity at once, and record each outcome as it
+    arrives. Runs that lost their worker stop the search (RunsLost) once the others are in."""
+    watch = StageRecorder(reg, view)
+    pending, running, outcomes = list(specs), set[str](), list[RunOutcome]()
+    try:
+        while pending or running:
+            while pending and len(running) < executor.capacity:
+                spec = pending.pop(0)
+                executor.start(spec)
+                running.add(spec.run_id)
+                view.set_stage(spec.run_id, "queued")
+            for outcome in executor.wait(0.5, watch):
+                running.discard(outcome.run_id)
+                spec = next(s for s in specs if s.run_id == outcome.run_id)
+                record_outcome(reg, spec, outcome)
+                view.finished(spec, outcome)
+                outcomes.append(outcome)
+    except BaseException:
+        executor.close()  # leaves the started runs in training/evaluating: a resume restarts them
+        raise
+    lost = [o for o in outcomes if o.lost]
+    if lost:
+        raise RunsLost(lost)
+    return outcomes
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+def drive(
+    reg: Registry,
+    study: Study,
+    policy: Policy,
+    executor: Executor,
+    spec: Callable[[str, TrainParams, Literal["gate", "full"]], RunSpec],
+    view: LiveView,
+    check: Callable[[], None] = lambda: None,
+    max_steps_of_the_loop: int = 100,
+) -> Decision:
+    """Plan, execute, record until the planner stops; returns its last decision. Resumable: what
+    the registry holds is never redone. `check` runs before any work starts (the pins)."""
+    for _ in range(max_steps_of_the_loop):
+        planned = reg.runs(study.id, state=RunState.PLANNED)
+        if planned:
+            check()
+            view.set_round(planned[0].round, len(planned))
+            for r in planned:
+                view.log(f"[bold]round {r.round}[/bold] · {r.id}: {r.reason}")
+            execute([spec(r.id, r.params, "gate") for r in planned], executor, reg, view)
+        view.set_round(view.round, 0)
+        view.set_stage("planner", "planning")
+        decision = plan_next(history(reg, study), policy)
+        configs = (
+            [(c.params, c.reason) for c in decision.configs] if decision.action == "train" else None
+        )
+        reg.record_decision(study, decision.model_dump(mode="json"), configs)
+        view.log(
+            f"[bold]planner:[/bold] {decision.action} (round {decision.round}): {decision.reason}"
+        )
+        if decision.action == "train" and not configs:
+            raise SftgateError(f"the planner proposed round {decision.round} with no config")
+        if decision.action == "full_eval":
+            assert decision.selected_run is not None
+            check()
+            run = reg.run(decision.selected_run)
+            assert run is not None
+            view.set_round(f"{decision.round} (full set)", 1)
+            reg.start_full(run.id)
+            execute([spec(run.id, run.params, "full")], executor, reg, view)
+        if decision.action == "stop":
+            reg.set_study_status(study.id, "finished")
+            return decision
+    raise SftgateError(f"the search loop did not finish in {max_steps_of_the_loop} steps")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study: Study
+    decision: Decision
+    report: Path
+    registry: Path
+
+
+def search(
+    config_path: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> SearchResult:
+    """Run (or resume) the study of a config file. `executor`: None opens the one the config's
+    `executor:` asks for."""
+    from sftgate.search.report import write_report
+
+    config = load_study_config(config_path, overrides)
+    inputs = pin_inputs(config)
+    reg = Registry(config.registry)
+    try:
+        study, created = reg.open_study(
+            config.name, inputs.pins, str(config_path), config.model_dump(mode="json")
+        )
+        prepare_contexts(config, inputs)
+        executor = executor or open_executor(config.executor)
+        console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")
+        restarted = reg.reset_interrupted(study.id)
+        if restarted:
+            console.print(f"restarting interrupted work: {', '.join(restarted)}")
+        durations = [r.train_s + r.eval_s for r in reg.runs(study.id) if r.train_s and r.eval_s]
+        view = LiveView(study.name, durations, progress, executor.capacity)
+        view.where = executor.where()
+        # Progress bars of train and evaluate nest in the live view only in this process.
+        specs = Specs(inputs_for_workers(config), inputs, progress and executor.nests_progress)
+        with view.shown():
+            try:
+                decision = drive(
+                    reg,
+                    study,
+                    config.policy,
+                    executor,
+                    specs.spec,
+                    view,
+                    lambda: specs.check(study),
+                )
+            except RunsLost as e:
+                raise RunsLost(e.lost, config_path) from None
+        report = write_report(reg, study.name, config.work / "report.md")
+        write_report(reg, study.name, config.work / "report.html", "html")
+        return SearchResult(reg.study(study.name) or study, decision, report, reg.path)
+    finally:
+        if executor is not None:
+            executor.close()
+        reg.close()
