@@ -21,6 +21,28 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Marks a setting added after studies were first recorded: `pin_view` leaves it out while it is
+# at its default, so a study recorded before it existed keeps its pins and resumes. Use it on
+# every new field of a pinned config (Policy, Thresholds, TrainParams, DecodeSettings, ...):
+#     new_knob: int = Field(0, description="...", json_schema_extra=ADDED)
+ADDED: dict[str, Any] = {"added": True}
+
+
+def pin_view(model: BaseModel) -> dict[str, Any]:
+    """The model as its pin hashes it: its JSON dump without the ADDED fields at their defaults."""
+    dump = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra
+        added = isinstance(extra, dict) and extra.get("added")
+        if added and value == info.get_default(call_default_factory=True):
+            dump.pop(name)
+            continue
+        if isinstance(value, BaseModel):
+            dump[name] = pin_view(value)
+    return dump
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc)
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sftgate.config import StrictModel, load_config
+from sftgate.config import StrictModel, load_config, pin_view
 from sftgate.evaluate import DecodeSettings
 from sftgate.hashing import sha256_json
 from sftgate.index import IndexSettings
@@ -108,8 +108,8 @@ class StudyConfig(StrictModel):
         """Hashes of the settings that change results (not names, paths or notes): a study
         resumed with other settings would mix runs that are not comparable."""
         sections: dict[str, Any] = {
-            "policy": self.policy.model_dump(mode="json"),
-            "decode": self.decode.model_dump(mode="json"),
+            "policy": pin_view(self.policy),
+            "decode": pin_view(self.decode),
             "training": {
                 "quantization": self.quantization,
                 "gradient_checkpointing": self.gradient_checkpointing,
@@ -118,7 +118,7 @@ class StudyConfig(StrictModel):
         if self.retrieval is not None:
             sections["retrieval"] = {
                 "top_k": self.retrieval.top_k,
-                "settings": self.retrieval.settings.model_dump(mode="json"),
+                "settings": pin_view(self.retrieval.settings),
             }
         return {f"settings.{k}": sha256_json(v) for k, v in sections.items()}
 
