@@ -25,9 +25,12 @@ def run(args: argparse.Namespace) -> int:
             Problem(args.history, "", "", "the history must be a JSON object with 'rounds'", "")
         )
     thresholds = raw.pop("thresholds", {}) or {}
+    policy_raw = raw.pop("policy", {}) or {}
     try:
         history = History.model_validate(raw)
-        policy = Policy(thresholds=Thresholds.model_validate(thresholds))
+        if thresholds:
+            policy_raw = {**policy_raw, "thresholds": Thresholds.model_validate(thresholds)}
+        policy = Policy.model_validate(policy_raw)
     except ValidationError as e:
         prefix = "thresholds" if "rounds" not in str(e) and thresholds else ""
         raise InputError(validation_problems(e, args.history, prefix=prefix)) from None
@@ -40,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--history",
         required=True,
-        help='{"rounds": [{"round": 0, "runs": [...]}], "thresholds": {...}}',
+        help='{"rounds": [{"round": 0, "runs": [...]}], "thresholds": {...}, '
+        '"policy": {"kind": "adaptive", ...}}',
     )
     p.set_defaults(func=run)

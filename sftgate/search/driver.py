@@ -88,6 +88,7 @@ def history(reg: Registry, study: Study) -> History:
                 metrics=r.metrics,
                 per_question={s.id: s.eval_score for s in scores} or None,
                 failure=r.failure,
+                seconds=(r.train_s or 0.0) + (r.eval_s or 0.0),
             )
         )
         if r.full is None:

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from sftgate.config import StrictModel
+from sftgate.config import ADDED, StrictModel
 from sftgate.params import SEED_PARAM_NAMES, TrainParams
 from sftgate.scoring import Metrics, paired_difference
 
@@ -55,6 +55,13 @@ class Thresholds(StrictModel):
     max_rounds: int = Field(
         4, ge=1, description="rounds 0 .. max_rounds-1 may train; the seed stops at round 3"
     )
+    margin: float = Field(
+        2.0,
+        ge=0,
+        description="a model is never perfect: the gate is reachable when the ceiling clears it "
+        "by this; the adaptive policy stops when the best run is within this of the ceiling",
+        json_schema_extra=ADDED,
+    )
 
     def passes_gate(self, metrics: Metrics | None) -> bool:
         """The gate, the one rule the planner, the report and the CLI use."""
@@ -66,6 +73,12 @@ class Thresholds(StrictModel):
 
 
 class Policy(StrictModel):
+    kind: Literal["seed", "adaptive"] = Field(
+        "seed",
+        description="seed: the seed's rules (README, Planner rules); adaptive: learning curves "
+        "and paired comparisons decide (README, The adaptive policy)",
+        json_schema_extra=ADDED,
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
     round0: TrainParams = Field(
         default_factory=TrainParams, description="the smoke config (the seed's round 0)"
@@ -93,6 +106,34 @@ class Policy(StrictModel):
     max_configs_per_round: int = Field(
         2, ge=1, description="round 2+ proposes at most this many configs"
     )
+    checkpoints: list[float] = Field(
+        default_factory=list,
+        description="fractions of max_steps (0 < f < 1) at which each run's adapter is also "
+        "evaluated on the gate set, e.g. [0.25, 0.5, 0.75]: a learning curve per run, which the "
+        "adaptive policy reads as evidence about max_steps under lr_scheduler: constant. Each "
+        "point costs one gate evaluation",
+        json_schema_extra=ADDED,
+    )
+    budget_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="adaptive: stop when the runs' training and evaluation time reaches this",
+        json_schema_extra=ADDED,
+    )
+    max_runs: int | None = Field(
+        None,
+        ge=1,
+        description="adaptive: stop when this many runs are done",
+        json_schema_extra=ADDED,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adaptive_checkpoints(cls, data: Any) -> Any:
+        """The adaptive policy reads curves: its runs get checkpoints unless the config says."""
+        if isinstance(data, dict) and data.get("kind") == "adaptive":
+            data = {"checkpoints": [0.25, 0.5, 0.75], **data}
+        return data
 
     @model_validator(mode="after")
     def _round1_reasons_match(self) -> Policy:
@@ -105,7 +146,26 @@ class Policy(StrictModel):
             raise ValueError(
                 f"round 1 runs 1 to 4 configs (the seed: 3), but got {len(self.round1)}"
             )
+        if any(not 0 < f < 1 for f in self.checkpoints):
+            raise ValueError(
+                f"checkpoints are fractions of max_steps strictly between 0 and 1 (the end is "
+                f"always evaluated), but got {self.checkpoints}"
+            )
         return self
+
+    def checkpoint_steps(self, max_steps: int) -> list[int]:
+        """The steps before the end at which a run of max_steps is also evaluated."""
+        return sorted({s for f in self.checkpoints if 0 < (s := round(f * max_steps)) < max_steps})
+
+
+class CurvePoint(BaseModel):
+    """The gate set evaluated at one step of a run (a checkpoint, or the end)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: int
+    metrics: Metrics
+    per_question: dict[str, float] | None = None
 
 
 class RunRecord(BaseModel):
@@ -119,6 +179,10 @@ class RunRecord(BaseModel):
     metrics: Metrics | None = None  # None for a failed run
     per_question: dict[str, float] | None = None  # id -> eval_score, for the paired comparison
     failure: str | None = None
+    curve: list[CurvePoint] = Field(
+        default_factory=list, description="checkpoints before the end, by step"
+    )
+    seconds: float | None = None  # training + evaluation time, for the adaptive budget
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -161,6 +225,9 @@ class History(BaseModel):
     full_eval_run: str | None = None  # the run whose full-set evaluation is done
     full_eval_failures: dict[str, str] = Field(
         default_factory=dict, description="run id -> why its full-set evaluation failed"
+    )
+    ceiling: float | None = Field(
+        None, description="the best gate score the study's retrieval allows (`sftgate ceiling`)"
     )
 
 
@@ -311,6 +378,10 @@ def round2_configs(
 def plan_next(history: History, policy: Policy | None = None) -> Decision:
     """The seed's rules in order; the first that applies decides (README, "Planner rules")."""
     policy = policy or Policy()
+    if policy.kind == "adaptive":
+        from sftgate.search.adaptive import plan_adaptive
+
+        return plan_adaptive(history, policy)
     rounds = sorted(history.rounds, key=lambda r: r.round)
     if not rounds:
         return smoke_round(policy)
