@@ -10,6 +10,7 @@ from typing import Any
 from sftgate.params import TrainParams
 from sftgate.scoring import Metrics, QuestionScore
 from sftgate.search.executors import Watch
+from sftgate.search.registry import Checkpoint
 from sftgate.search.runner import RunOutcome, RunSpec
 
 # What a run gives: metrics (a dict in metrics.json's shape), per-question scores, or a failure.
@@ -54,6 +55,8 @@ class ScriptedExecutor:
         train_meta: Callable[[RunSpec], dict[str, Any]] | None = None,
         times: Callable[[RunSpec], tuple[float, float]] = lambda spec: (1.0, 1.0),
         interrupt_after: int | None = None,
+        checkpoint: Callable[[RunSpec, int], dict[str, Any]] | None = None,
+        questions: int = 0,
     ):
         self.script, self.capacity = script, capacity
         self.scores = scores or (lambda spec: [])
@@ -62,6 +65,8 @@ class ScriptedExecutor:
         )
         self.times = times
         self.interrupt_after = interrupt_after  # raise KeyboardInterrupt after this many outcomes
+        self.checkpoint = checkpoint  # metrics at each of a spec's checkpoint_steps
+        self.questions = questions  # > 0: per-question scores, each the run's average
         self.started: list[RunSpec] = []
         self.queue: list[RunSpec] = []
         self.closed = False
@@ -101,16 +106,31 @@ class ScriptedExecutor:
                 train_s=None if lost else train_s,
                 eval_s=None if lost else eval_s,
             )
+        metrics = Metrics.model_validate(result)
+        curve = [
+            Checkpoint(step, m, self.flat_scores(m), f"{spec.run_dir}/gate-step-{step}")
+            for step in spec.checkpoint_steps
+            if self.checkpoint is not None
+            for m in [Metrics.model_validate(self.checkpoint(spec, step))]
+        ]
         return RunOutcome(
             spec.run_id,
             spec.split,
             "done",
-            metrics=Metrics.model_validate(result),
-            question_scores=self.scores(spec),
+            metrics=metrics,
+            question_scores=self.flat_scores(metrics) if self.questions else self.scores(spec),
             train_meta=self.train_meta(spec) if spec.split == "gate" else None,
             train_s=train_s if spec.split == "gate" else None,
             eval_s=eval_s,
+            curve=curve,
         )
+
+    def flat_scores(self, m: Metrics) -> list[QuestionScore]:
+        """Every question scoring the average: a paired comparison then has no noise."""
+        return [
+            QuestionScore(f"q{i}", True, None, 1.0, 1.0, 1.0, 1.0, None, m.eval_score_avg)
+            for i in range(self.questions)
+        ]
 
     def close(self) -> None:
         self.closed = True

@@ -17,6 +17,7 @@ def _no_plots(monkeypatch):
     """The report's plots are tested in test_report.py; drawing them here would take most of
     each study's time (the report's text is still written and read)."""
     monkeypatch.setattr("sftgate.search.report.plot", lambda runs, gate, out: [])
+    monkeypatch.setattr("sftgate.search.report.curve_plots", lambda *args: [])
 
 
 # The project's policy (tests/test_search.py): round 1 is base (2 steps), conservative (3 steps,
@@ -146,3 +147,43 @@ def test_a_round_where_every_run_failed_stops_the_study(tmp_path):
     reg = Registry(tmp_path / "registry.sqlite")
     assert [r.state for r in reg.runs(round_=1)] == [RunState.FAILED] * 3
     reg.close()
+
+
+def test_an_adaptive_study_records_curves_and_doubles_steps_while_they_rise(tmp_path):
+    import yaml
+
+    config = make_project(tmp_path)
+    study = yaml.safe_load(config.read_text(encoding="utf-8"))
+    study["policy"] |= {"kind": "adaptive", "checkpoints": [0.5]}
+    study["policy"]["thresholds"]["max_rounds"] = 8
+    study["policy"]["round0"]["lr_scheduler"] = "constant"
+    config.write_text(yaml.safe_dump(study), encoding="utf-8")
+
+    def score(steps: int) -> float:  # rises up to 8 steps, flat after
+        return 40.0 + 5.0 * min(steps, 8)
+
+    def script(spec: RunSpec) -> dict | str:
+        if spec.params.max_length == 64:
+            return "ValueError: no example fits"
+        return metrics(score(spec.params.max_steps))
+
+    executor = ScriptedExecutor(
+        script, checkpoint=lambda spec, step: metrics(score(step)), questions=20
+    )
+    result = search(config, progress=False, executor=executor)
+    steps = [s.params.max_steps for s in executor.started]
+    assert steps[:4] == [1, 2, 3, 1]  # the seed's rounds 0 and 1
+    assert steps[4:] == [6, 12, 24]  # x2 from the best (3 steps) while rising; flat: stop
+    assert [s.checkpoint_steps for s in executor.started][4:] == [(3,), (6,), (12,)]
+    assert result.decision.action == "stop" and "flat within noise" in result.decision.reason
+    reg = Registry(tmp_path / "registry.sqlite")
+    run = next(r for r in reg.runs() if r.params.max_steps == 12)
+    (point,) = reg.curve(run.id)
+    assert (point.step, point.metrics.eval_score_avg) == (6, score(6))
+    assert result.decision.selected_run == next(
+        r.id for r in reg.runs() if r.params.max_steps == 12
+    )  # 24 steps are no better than 12: the cheaper run
+    assert len(point.per_question or {}) == 20
+    assert reg.run_json(run.id)["curve"][0]["step"] == 6  # type: ignore[index]
+    reg.close()
+    assert "Learning curves" in result.report.read_text(encoding="utf-8")

@@ -133,3 +133,23 @@ def test_decisions_recorded_by_the_planner(tmp_path):
         ("full_eval", 2, "r2-0"),
         ("stop", 2, "r2-0"),
     ]
+
+
+def test_runs_with_checkpoints_get_a_learning_curve_plot(tmp_path):
+    from sftgate.params import TrainParams
+    from sftgate.scoring import Metrics
+    from sftgate.search.registry import Checkpoint
+
+    reg = Registry(tmp_path / "registry.sqlite")
+    study, _ = reg.open_study("curves", PINS, "study.yaml", {"policy": Policy().model_dump()})
+    a, b = reg.add_round(study, 1, [(TrainParams(max_steps=200), "a"), (TrainParams(), "b")])
+    at = {50: 60.0, 100: 70.0, 150: 75.0}
+    curve = [
+        Checkpoint(s, Metrics.model_validate(metrics(v, 0.99, 0.9)), [], "x") for s, v in at.items()
+    ]
+    reg.record_done(a, Metrics.model_validate(metrics(78.0, 0.99, 0.9)), [], curve)
+    reg.record_done(b, Metrics.model_validate(metrics(50.0, 0.99, 0.9)), [])
+    text = write_report(reg, "curves", tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Learning curves" in text and "![curves_round1.png](curves_round1.png)" in text
+    assert (tmp_path / "curves_round1.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.step for p in reg.curve(a)] == [50, 100, 150] and reg.curve(b) == []

@@ -66,6 +66,7 @@ def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
         spec.run_id,
         outcome.metrics,
         outcome.question_scores,
+        outcome.curve,
         gate_dir=str(spec.eval_dir),
         eval_meta_json=outcome.eval_meta,
         **common,
@@ -88,6 +89,7 @@ def history(reg: Registry, study: Study) -> History:
                 metrics=r.metrics,
                 per_question={s.id: s.eval_score for s in scores} or None,
                 failure=r.failure,
+                curve=reg.curve(r.id) if r.state is RunState.DONE else [],
                 seconds=(r.train_s or 0.0) + (r.eval_s or 0.0),
             )
         )
@@ -145,6 +147,9 @@ class Specs:
                 for k in ("model_id", "prompt_sha256", "index_version", "train_set_version")
             },
             progress=self.progress,
+            checkpoint_steps=tuple(config.policy.checkpoint_steps(params.max_steps))
+            if split == "gate"
+            else (),
         )
 
 

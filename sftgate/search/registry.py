@@ -21,6 +21,7 @@ from sftgate.errors import MismatchError, SftgateError
 from sftgate.params import TrainParams
 from sftgate.paths import data_dir
 from sftgate.scoring import METRIC_KEYS, Metrics, QuestionScore
+from sftgate.search.planner import CurvePoint
 
 MIGRATIONS: list[str] = [
     # 1: studies, runs, decisions
@@ -116,6 +117,30 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN full_lost INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: learning curves: a run's adapter evaluated on the gate set at checkpoints before its end
+    """
+    CREATE TABLE curve_points (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        step INTEGER NOT NULL,
+        metrics_json TEXT NOT NULL,
+        eval_dir TEXT NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE TABLE curve_scores (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        step INTEGER NOT NULL,
+        question_id TEXT NOT NULL,
+        schema_ok INTEGER NOT NULL,
+        schema_error TEXT,
+        answer_f1 REAL NOT NULL,
+        detailed_description_f1 REAL NOT NULL,
+        original_evidence REAL NOT NULL,
+        grounding REAL NOT NULL,
+        context_recall REAL,
+        eval_score REAL NOT NULL,
+        PRIMARY KEY (run_id, step, question_id)
+    );
+    """,
 ]
 
 PIN_KEYS = (
@@ -198,6 +223,16 @@ class Study:
     def round0(self) -> TrainParams:
         """Round 0's parameters: every run's parameters the seed does not name."""
         return TrainParams.model_validate(self.config.get("policy", {}).get("round0", {}))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's adapter at one step before its end, evaluated on the gate set."""
+
+    step: int
+    metrics: Metrics
+    scores: list[QuestionScore]
+    eval_dir: str
 
 
 @dataclass(frozen=True)
@@ -440,13 +475,15 @@ class Registry:
         run_id: str,
         metrics: Metrics,
         scores: Sequence[QuestionScore],
+        curve: Sequence[Checkpoint] = (),
         **fields: Any,
     ) -> None:
-        """A run trained and evaluated on the gate set: its metrics, its per-question scores and
-        the other columns given (paths, metadata, timings), in one transaction."""
+        """A run trained and evaluated on the gate set: its metrics, its per-question scores, its
+        checkpoints' and the other columns given (paths, metadata, timings), in one transaction."""
         lo, hi = metrics.eval_score_ci95 or (None, None)
         with self.tx() as db:
             self._write_scores(db, run_id, "gate", scores)
+            self._write_curve(db, run_id, curve)
             self._update(
                 db,
                 run_id,
@@ -510,7 +547,13 @@ class Registry:
         """Everything recorded about a run, as `sftgate show` prints it: the row, with each
         `*_json` column decoded under its name without the suffix."""
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _row(row) if row else None
+        if row is None:
+            return None
+        out = _row(row)
+        curve = self.curve(run_id)
+        if curve:  # the learning curve, when the run has checkpoints
+            out["curve"] = [{"step": p.step, "metrics": p.metrics.to_json()} for p in curve]
+        return out
 
     def runs(
         self,
@@ -582,6 +625,48 @@ class Registry:
 
     # ------------------------------------------------------------------ per-question scores
 
+    def _write_curve(
+        self, db: sqlite3.Connection, run_id: str, curve: Sequence[Checkpoint]
+    ) -> None:
+        db.execute("DELETE FROM curve_points WHERE run_id = ?", (run_id,))
+        db.execute("DELETE FROM curve_scores WHERE run_id = ?", (run_id,))
+        for point in curve:
+            db.execute(
+                "INSERT INTO curve_points (run_id, step, metrics_json, eval_dir) VALUES (?, ?, ?, ?)",
+                (
+                    run_id,
+                    point.step,
+                    json.dumps(point.metrics.to_json(), ensure_ascii=False),
+                    point.eval_dir,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO curve_scores (run_id, step, question_id, schema_ok, schema_error, "
+                "answer_f1, detailed_description_f1, original_evidence, grounding, "
+                "context_recall, eval_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, point.step, *_score_row(s)) for s in point.scores],
+            )
+
+    def curve(self, run_id: str) -> list[CurvePoint]:
+        """The run's checkpoints, by step, with their per-question scores."""
+        points = self.db.execute(
+            "SELECT step, metrics_json FROM curve_points WHERE run_id = ? ORDER BY step", (run_id,)
+        ).fetchall()
+        out = []
+        for step, metrics_json in points:
+            rows = self.db.execute(
+                "SELECT question_id, eval_score FROM curve_scores WHERE run_id = ? AND step = ?",
+                (run_id, step),
+            ).fetchall()
+            out.append(
+                CurvePoint(
+                    step=step,
+                    metrics=Metrics.model_validate(json.loads(metrics_json)),
+                    per_question={r[0]: r[1] for r in rows} or None,
+                )
+            )
+        return out
+
     def _write_scores(
         self, db: sqlite3.Connection, run_id: str, split: str, scores: Sequence[QuestionScore]
     ) -> None:
@@ -590,22 +675,7 @@ class Registry:
             "INSERT INTO question_scores (run_id, split, question_id, schema_ok, schema_error, "
             "answer_f1, detailed_description_f1, original_evidence, grounding, context_recall, "
             "eval_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    run_id,
-                    split,
-                    s.id,
-                    int(s.schema_ok),
-                    s.schema_error,
-                    s.answer_f1,
-                    s.detailed_description_f1,
-                    s.original_evidence,
-                    s.grounding,
-                    s.context_recall,
-                    s.eval_score,
-                )
-                for s in scores
-            ],
+            [(run_id, split, *_score_row(s)) for s in scores],
         )
 
     def question_scores(self, run_id: str, split: str = "gate") -> list[QuestionScore]:
@@ -660,6 +730,21 @@ class Registry:
             (study_id,),
         )
         return [{**json.loads(r[0]), "created_at": r[1]} for r in rows]
+
+
+def _score_row(s: QuestionScore) -> tuple[Any, ...]:
+    """A question score's columns after (run_id, split or step), in the tables' order."""
+    return (
+        s.id,
+        int(s.schema_ok),
+        s.schema_error,
+        s.answer_f1,
+        s.detailed_description_f1,
+        s.original_evidence,
+        s.grounding,
+        s.context_recall,
+        s.eval_score,
+    )
 
 
 def check_pins(study: Study, pins: Mapping[str, str]) -> None:

@@ -16,7 +16,7 @@ from sftgate.errors import InputError, Problem
 from sftgate.fsutil import atomic_write_text
 from sftgate.params import SEED_PARAM_NAMES
 from sftgate.scoring import METRIC_KEYS
-from sftgate.search.planner import Policy, Thresholds
+from sftgate.search.planner import CurvePoint, Policy, Thresholds
 from sftgate.search.registry import PIN_KEYS, FullState, Registry, Run, Study
 from sftgate.tiny import TINY_MODEL_ID
 
@@ -65,6 +65,12 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
     if image_dir is not None and any(r.metrics is not None for r in runs):
         blocks.append(Block("h2", "Plots"))
         blocks += [Block("image", name) for name in plot(runs, thresholds.gate_score, image_dir)]
+        curves = {r.id: reg.curve(r.id) for r in runs if r.metrics is not None}
+        if any(curves.values()):
+            blocks.append(Block("h2", "Learning curves"))
+            blocks.append(Block("p", CURVES_NOTE))
+            pngs = curve_plots(runs, curves, thresholds.gate_score, image_dir)
+            blocks += [Block("image", png) for png in pngs]
     blocks.append(Block("h2", "Planner decisions"))
     blocks.append(
         Block(
@@ -206,6 +212,60 @@ def round_blocks(round_: int, runs: Sequence[Run]) -> list[Block]:
         Block("table", (ROUND_HEADER, rows)),
         Block("list", reasons),
     ]
+
+
+CURVES_NOTE = (
+    "Each run's gate score at its checkpoints and its end (`policy.checkpoints`). Under a "
+    "constant learning rate a checkpoint at step k is the model a k-step run gives; under a "
+    "decaying schedule it is not (the rate was still high at step k), and the adaptive policy "
+    "does not read it as evidence about max_steps."
+)
+
+
+def curve_plots(
+    runs: Sequence[Run], curves: dict[str, list[CurvePoint]], gate_score: float, out_dir: Path
+) -> list[str]:
+    """One plot per round with curves: eval_score_avg and schema_pass_rate against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for round_ in sorted({r.round for r in runs if curves.get(r.id)}):
+        fig, (score_ax, schema_ax) = plt.subplots(1, 2, figsize=(12, 4))
+        for r in runs:
+            if r.round != round_ or not curves.get(r.id) or r.metrics is None:
+                continue
+            steps = [p.step for p in curves[r.id]] + [r.params.max_steps]
+            label = f"{r.id.rsplit('-', 1)[0]} (lr {r.params.lr:g}, {r.params.lr_scheduler})"
+            score_ax.plot(
+                steps,
+                [p.metrics.eval_score_avg for p in curves[r.id]] + [r.metrics.eval_score_avg],
+                marker="o",
+                label=label,
+            )
+            schema_ax.plot(
+                steps,
+                [p.metrics.schema_pass_rate for p in curves[r.id]] + [r.metrics.schema_pass_rate],
+                marker="o",
+                label=label,
+            )
+        score_ax.axhline(gate_score, color="#c44e52", linestyle="--", label=f"gate {gate_score}")
+        score_ax.set_ylim(0, 100)
+        score_ax.set_title(f"round {round_}: eval_score_avg by step")
+        schema_ax.set_ylim(-0.02, 1.02)
+        schema_ax.set_title(f"round {round_}: schema_pass_rate by step")
+        for ax in (score_ax, schema_ax):
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"curves_round{round_}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
 
 
 def plot(runs: Sequence[Run], gate_score: float, out_dir: Path) -> list[str]:

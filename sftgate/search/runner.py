@@ -22,6 +22,7 @@ from sftgate.fsutil import atomic_write_text
 from sftgate.models import Quantization
 from sftgate.params import TrainParams
 from sftgate.scoring import Metrics, QuestionScore, read_per_question
+from sftgate.search.registry import Checkpoint
 from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
 
 
@@ -47,6 +48,7 @@ class RunSpec:
     # What an adapter found on disk must have been trained with, to be reused by a restart.
     expected: dict[str, str] = field(default_factory=dict)
     progress: bool = True
+    checkpoint_steps: tuple[int, ...] = ()  # gate split: also evaluate the adapter at these steps
 
     @property
     def adapter_dir(self) -> Path:
@@ -73,6 +75,7 @@ class RunOutcome:
     # so resuming the study runs it again. `failure` says what happened.
     lost: bool = False
     worker: dict[str, Any] | None = None  # where it ran: host, pid, devices
+    curve: list[Checkpoint] = field(default_factory=list)  # the gate set at checkpoints
 
 
 def lost_outcome(spec: RunSpec, reason: str, worker: dict[str, Any] | None) -> RunOutcome:
