@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sftgate.search.planner import History, Policy, plan_next
+from tests.test_planner import R0 as SEED_R0
 
-R0 = {
-    "max_steps": 20,
-    "lr": 2e-4,
-    "batch_size": 1,
-    "max_length": 1024,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "lr_scheduler": "constant",
-}
+R0 = {**SEED_R0, "lr_scheduler": "constant"}  # checkpoints are evidence about max_steps
 GOOD = {"detailed_description_f1": 0.95, "original_evidence": 0.95, "grounding_avg": 0.97}
 N = 40  # gate questions
 

@@ -36,10 +36,9 @@ from sftgate.search.planner import (
     ProposedConfig,
     RoundRecord,
     RunRecord,
-    after_smoke,
+    first_rounds,
     gate_passed,
     seed_key,
-    smoke_round,
     with_changes,
 )
 
@@ -141,19 +140,10 @@ def budget_stop(history: History, policy: Policy, last_round: int) -> str | None
 
 def plan_adaptive(history: History, policy: Policy) -> Decision:
     rounds = sorted(history.rounds, key=lambda r: r.round)
-    if not rounds:
-        return smoke_round(policy)
-    if rounds[-1].round == 0:
-        return after_smoke(rounds[-1], policy)
+    opening = first_rounds(rounds, policy)
+    if opening is not None:
+        return opening
     last = rounds[-1]
-    if all(run.status == "failed" for run in last.runs):
-        return Decision(
-            action="stop",
-            round=last.round,
-            reason=f"every run of round {last.round} failed: "
-            + "; ".join(f"{run.run_id}: {run.failure}" for run in last.runs),
-            recommendations=["Read the failure reasons (`sftgate runs`), fix them, and resume."],
-        )
     t = policy.thresholds
     later = [run for r in rounds if r.round >= 1 for run in r.runs]
     best, why = select(later, t.gate_schema)

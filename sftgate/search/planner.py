@@ -383,6 +383,23 @@ def plan_next(history: History, policy: Policy | None = None) -> Decision:
 
         return plan_adaptive(history, policy)
     rounds = sorted(history.rounds, key=lambda r: r.round)
+    opening = first_rounds(rounds, policy)
+    if opening is not None:
+        return opening
+    last = rounds[-1]
+    later = [r for r in rounds if r.round >= 1]
+    best, why = select_best([run for r in later for run in r.runs], policy.thresholds)
+    assert best is not None  # the latest round has a finished run
+    if policy.thresholds.passes_gate(best.metrics):
+        return gate_passed(best, last.round, history, policy.thresholds)
+    return stop_rule(later, best, why, policy.thresholds) or next_small_steps(
+        rounds, best, why, policy
+    )
+
+
+def first_rounds(rounds: Sequence[RoundRecord], policy: Policy) -> Decision | None:
+    """What every policy decides alike: round 0, round 1, and a stop when every run of the
+    latest round failed; None after that."""
     if not rounds:
         return smoke_round(policy)
     if rounds[-1].round == 0:
@@ -398,14 +415,7 @@ def plan_next(history: History, policy: Policy | None = None) -> Decision:
                 "Read the failure reasons (`sftgate runs`), fix them, and resume or start a new study."
             ],
         )
-    later = [r for r in rounds if r.round >= 1]
-    best, why = select_best([run for r in later for run in r.runs], policy.thresholds)
-    assert best is not None  # the latest round has a finished run
-    if policy.thresholds.passes_gate(best.metrics):
-        return gate_passed(best, last.round, history, policy.thresholds)
-    return stop_rule(later, best, why, policy.thresholds) or next_small_steps(
-        rounds, best, why, policy
-    )
+    return None
 
 
 def smoke_round(policy: Policy) -> Decision:
