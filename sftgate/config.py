@@ -2,17 +2,26 @@
 
 Every config class in sftgate derives from `StrictModel`; defaults live on the fields (with their
 trade-off in `description`), never in `cfg.get("x", default)` calls spread through the code.
+
+Errors speak the config's language: a field is named by its path in the file
+(`policy.round1[0].lr`), the message says what the value must be and what it was, and the fix
+says what to write; pydantic's own wording ("Input should be a valid string") never reaches the
+user. A key given twice in a YAML mapping, at any depth, is an error (YAML itself lets the last
+one win silently).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from sftgate.errors import InputError, Problem
+from sftgate.fsutil import read_input_bytes
 
 M = TypeVar("M", bound="StrictModel")
 
@@ -43,53 +52,177 @@ def pin_view(model: BaseModel) -> dict[str, Any]:
     return dump
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc)
+def field_path(loc: tuple[Any, ...], data: Any = None) -> str:
+    """`policy.round1[0].lr` for pydantic's loc ('policy', 'round1', 0, 'lr', 'float').
+
+    With the validated input `data`, the path stops where the input does: the trailing names
+    pydantic adds for the members of a union ('float', 'int') are not fields of the file.
+    """
+    parts: list[Any] = []
+    node = data
+    for i, p in enumerate(loc):
+        if data is not None:
+            in_mapping = isinstance(node, Mapping) and p in node
+            in_list = isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node)
+            missing_key = isinstance(node, Mapping) and i == len(loc) - 1
+            if not (in_mapping or in_list or missing_key):
+                break
+            node = node[p] if in_mapping or in_list else None
+        parts.append(p)
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPES = {
+    "string_type": ("must be text", "write it as text, in quotes if YAML reads it as another type"),
+    "int_type": ("must be a whole number", "write a whole number such as 200"),
+    "int_parsing": ("must be a whole number", "write a whole number such as 200"),
+    "int_from_float": ("must be a whole number", "write it without a fractional part"),
+    "float_type": ("must be a number", "write a number such as 2.0e-4"),
+    "float_parsing": ("must be a number", "write a number such as 2.0e-4"),
+    "finite_number": ("must be a finite number", "write a number, not inf or nan"),
+    "bool_type": ("must be true or false", "write true or false"),
+    "bool_parsing": ("must be true or false", "write true or false"),
+    "list_type": ("must be a list", "write a list, one '- item' per line or [a, b]"),
+    "dict_type": ("must be a mapping of keys to values", "write 'key: value' lines under it"),
+    "model_type": ("must be a mapping of keys to values", "write 'key: value' lines under it"),
+    "model_attributes_type": (
+        "must be a mapping of keys to values",
+        "write 'key: value' lines under it",
+    ),
+}
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def describe_error(e: ErrorDetails) -> tuple[str, str]:
+    """(what is wrong, what to do) for one pydantic error, in sftgate's words."""
+    kind, ctx, got = e["type"], e.get("ctx") or {}, _shown(e.get("input"))
+    if kind == "extra_forbidden":
+        return "unknown key", "remove it or check its spelling"
+    if kind == "missing":
+        return "required field is missing", "add it"
+    if kind in _TYPES:
+        message, fix = _TYPES[kind]
+        return f"{message}, got {got}", fix
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, got {got}", "use one of those values"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUNDS[kind]} {bound}, got {got}", f"use a value {_BOUNDS[kind]} {bound}"
+    if kind == "string_too_short":
+        return "must not be empty", "give a value"
+    if kind == "too_short":
+        return f"needs at least {ctx['min_length']} item(s)", "add items"
+    if kind == "too_long":
+        return f"takes at most {ctx['max_length']} item(s)", "remove items"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", e["msg"])), ""
+    return f"{e['msg'][:1].lower()}{e['msg'][1:]}, got {got}", ""
 
 
 def validation_problems(
-    err: ValidationError, file: str, item: str = "", prefix: str = ""
+    err: ValidationError, file: str, item: str = "", prefix: str = "", data: Any = None
 ) -> list[Problem]:
-    """Turn a pydantic ValidationError into one Problem per wrong field."""
-    problems = []
+    """Turn a pydantic ValidationError into one Problem per wrong field (`data`: the validated
+    input, to name fields by their path in it)."""
+    problems: list[Problem] = []
+    seen = set()
     for e in err.errors():
-        field = _loc(e["loc"])
+        field = field_path(e["loc"], data)
         if prefix:
             field = f"{prefix}.{field}" if field else prefix
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            message, fix = "unknown key", "remove it or check its spelling"
-        elif kind == "missing":
-            message, fix = "required field is missing", "add it"
-        else:
-            message, fix = e["msg"], ""
+        if field in seen:  # the other members of a union: one problem per field
+            continue
+        seen.add(field)
+        message, fix = describe_error(e)
         problems.append(Problem(file=file, item=item, field=field, message=message, fix=fix))
     return problems
 
 
+def duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+    """(dotted key, line, line of its first occurrence) of the first key given twice in a
+    mapping anywhere in a composed YAML document, or None."""
+    stack: list[tuple[yaml.Node, str]] = [(node, "")] if node is not None else []
+    seen_nodes: set[int] = set()  # aliases share nodes; a recursive alias would loop
+    while stack:
+        current, path = stack.pop()
+        if id(current) in seen_nodes:
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[tuple[str, Any], int] = {}
+            for key_node, value_node in current.value:
+                name = f"{path}.{key_node.value}" if path else str(key_node.value)
+                if (
+                    isinstance(key_node, yaml.ScalarNode)
+                    and key_node.tag != "tag:yaml.org,2002:merge"
+                ):
+                    key = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        return name, line, first[key]
+                    first[key] = line
+                stack.append((value_node, name))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(current.value))
+    return None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    data = read_input_bytes(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(Problem(str(path), "", "", "file not found", "check the path")) from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(
             Problem(str(path), "", "", f"not UTF-8 ({e.reason} at byte {e.start})", "save as UTF-8")
         ) from None
     try:
-        data = yaml.safe_load(text)
+        duplicate = duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if duplicate is not None:
+            key, at, first_at = duplicate
+            raise InputError(
+                Problem(
+                    str(path),
+                    f"line {at}",
+                    key,
+                    f"key given twice (first at line {first_at}); YAML would silently keep the last",
+                    "keep one of them",
+                )
+            )
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        where_text = f"line {where.line + 1}" if where is not None else ""
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(
-            Problem(str(path), "", "", f"not valid YAML: {e}", "fix the syntax")
+            Problem(str(path), where_text, "", f"not valid YAML: {reason}", "fix the syntax")
         ) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+    if parsed is None:
+        parsed = {}
+    if not isinstance(parsed, dict):
         raise InputError(
-            Problem(str(path), "", "", "the top level must be a mapping of keys to values", "")
+            Problem(
+                str(path),
+                "",
+                "",
+                "the top level must be a mapping of keys to values",
+                "write 'key: value' lines",
+            )
         )
-    return data
+    return parsed
 
 
 def load_config(cls: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
@@ -103,8 +236,18 @@ def load_config(cls: type[M], path: str | Path, overrides: dict[str, Any] | None
         *parents, leaf = key.split(".")
         for p in parents:
             target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise InputError(
+                    Problem(
+                        str(path),
+                        "",
+                        p,
+                        f"must be a mapping of keys to values to take the override of {key}",
+                        "write 'key: value' lines under it",
+                    )
+                )
         target[leaf] = value
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise InputError(validation_problems(e, str(path))) from None
+        raise InputError(validation_problems(e, str(path), data=data)) from None

@@ -65,13 +65,13 @@ def load_contexts(path: str | Path) -> Contexts:
     try:
         meta = ContextsMeta.model_validate(raw_meta)
     except ValidationError as e:
-        problems += validation_problems(e, str(path), item="header (_meta line)")
+        problems += validation_problems(e, str(path), item="header (_meta line)", data=raw_meta)
     passages: dict[str, tuple[Passage, ...]] = {}
     for where, raw in records:
         try:
             line = ContextsLine.model_validate(raw)
         except ValidationError as e:
-            problems += validation_problems(e, str(path), item=where)
+            problems += validation_problems(e, str(path), item=where, data=raw)
             continue
         if line.id in passages:
             problems.append(

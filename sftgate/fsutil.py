@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sftgate.errors import InputError, Problem
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -35,3 +37,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_input_bytes(path: str | Path) -> bytes:
+    """A user's input file's bytes; a path that is missing, a folder or unreadable is an
+    InputError naming it."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        problem = Problem(str(path), "", "", "file not found", "check the path")
+    except IsADirectoryError:
+        problem = Problem(str(path), "", "", "is a folder, not a file", "give the file's path")
+    except PermissionError:
+        problem = Problem(str(path), "", "", "not readable (permission denied)", "check its mode")
+    except OSError as e:
+        problem = Problem(str(path), "", "", f"cannot be read: {e.strerror}", "check the path")
+    raise InputError(problem)

@@ -1,4 +1,9 @@
-"""Where sftgate keeps its data. One environment variable, SFTGATE_HOME, moves all of it."""
+"""Where sftgate keeps its data. One environment variable, SFTGATE_HOME, moves all of it.
+
+Without it, the data directory is one folder per user, `~/.sftgate`, whatever the current
+directory: every command (search, demo, runs, show, report, the tiny model's cache) finds the
+same registry, and nothing is ever written into a source tree by default.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import os
 from pathlib import Path
 
 ENV_VAR = "SFTGATE_HOME"
-DEFAULT_HOME = ".sftgate"
+DEFAULT_HOME = "~/.sftgate"
 
 
 def data_dir() -> Path:
-    """The data directory: $SFTGATE_HOME, or ./.sftgate in the current directory."""
-    return Path(os.environ.get(ENV_VAR, DEFAULT_HOME)).expanduser()
+    """The data directory, an absolute path: $SFTGATE_HOME (relative to the current directory
+    if relative), or ~/.sftgate."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_HOME).expanduser().absolute()
 
 
 def package_resource(*parts: str) -> Path:

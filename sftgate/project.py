@@ -32,6 +32,10 @@ from sftgate.paths import package_resource
 PROMPT_FILE = "docs/prompts/eval_json_v2.md"
 SCORING_FILE = "docs/scoring/eval_json_v2.md"
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "sample"
+# What `init --sample` copies: the sample's sources, never what a command wrote next to them (an
+# index, a study's folder, a registry). tests/test_sample.py checks that this names every file
+# the repository tracks under examples/sample.
+SAMPLE_SOURCES = ("README.md", "study.yaml", "study_cpu.yaml", "docs", "kb", "baselines")
 # The sample's study configs point at the repository's prompt; in a copied project the prompt
 # sits in the project's own docs/.
 _REPO_PROMPT_REF = "../../" + PROMPT_FILE
@@ -170,7 +174,8 @@ def sample_files(sample_dir: Path = SAMPLE_DIR) -> dict[str, bytes]:
             "`python scripts/make_sample.py` there to regenerate it"
         )
     files: dict[str, bytes] = {}
-    for path in sorted(sample_dir.rglob("*")):
+    paths = [sample_dir / name for name in SAMPLE_SOURCES]
+    for path in sorted(p for top in paths for p in (top, *top.rglob("*"))):
         if path.is_file():
             rel = path.relative_to(sample_dir).as_posix()
             data = path.read_bytes()

@@ -6,6 +6,7 @@ template, with Qwen3's thinking turned off; nothing else in sftgate formats a pr
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from sftgate.errors import InputError, Problem
-from sftgate.hashing import sha256_file
+from sftgate.fsutil import read_input_bytes
 from sftgate.questions import Passage
 
 DEFAULT_PROMPT = "docs/prompts/eval_json_v2.md"
@@ -35,19 +36,19 @@ class PromptTemplate:
 
 def load_prompt(path: str | Path) -> PromptTemplate:
     path = Path(path)
+    data = read_input_bytes(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputError(
-            Problem(str(path), "", "", "prompt file not found", "check the path")
-        ) from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(
             Problem(str(path), "", "", "prompt file is not UTF-8", "save it as UTF-8")
         ) from None
     problems = []
     front = _FRONT.match(text)
-    meta: Any = yaml.safe_load(front.group(1)) if front else None
+    try:
+        meta: Any = yaml.safe_load(front.group(1)) if front else None
+    except yaml.YAMLError:
+        meta = None  # reported below as a missing prompt_version
     version = meta.get("prompt_version") if isinstance(meta, dict) else None
     if not isinstance(version, str) or not version:
         problems.append(
@@ -91,7 +92,7 @@ def load_prompt(path: str | Path) -> PromptTemplate:
     return PromptTemplate(
         path=str(path),
         version=str(version),
-        sha256=sha256_file(path),
+        sha256=hashlib.sha256(data).hexdigest(),  # of the bytes parsed here
         system=blocks["system"],
         user=blocks["user"],
         passage=blocks["passage"],

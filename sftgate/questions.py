@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from sftgate.config import StrictModel, validation_problems
 from sftgate.errors import InputError, Problem
+from sftgate.fsutil import read_input_bytes
 from sftgate.hashing import sha256_json
 
 NonEmpty = Field(min_length=1)
@@ -107,11 +108,11 @@ def set_version(questions: Sequence[Question]) -> str:
 
 
 def read_text(path: Path) -> str:
-    """A user's text file, UTF-8 (a BOM is dropped); a missing or undecodable file is an InputError."""
+    """A user's text file, UTF-8 (a BOM is dropped); a missing, unreadable or undecodable file is
+    an InputError."""
+    data = read_input_bytes(path)
     try:
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(Problem(str(path), "", "", "file not found", "check the path")) from None
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(
             Problem(
@@ -208,7 +209,7 @@ def load_questions(path: str | Path) -> QuestionSet:
     try:
         meta = SetMeta.model_validate(raw_meta)
     except ValidationError as e:
-        problems += validation_problems(e, str(path), item="header")
+        problems += validation_problems(e, str(path), item="header", data=raw_meta)
         meta = SetMeta()
     questions: list[Question] = []
     seen: dict[str, str] = {}
@@ -222,7 +223,7 @@ def load_questions(path: str | Path) -> QuestionSet:
         try:
             q = Question.model_validate(raw)
         except ValidationError as e:
-            problems += validation_problems(e, str(path), item=item)
+            problems += validation_problems(e, str(path), item=item, data=raw)
             continue
         if q.id in seen:
             problems.append(

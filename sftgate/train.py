@@ -525,16 +525,9 @@ def train(
     contexts = load_contexts(config.contexts) if config.contexts else None
     passages, index_version = resolve_passages(questions, contexts)
     out = Path(config.out)
-    if (out / METADATA_FILE).exists():
-        raise InputError(
-            Problem(
-                str(out),
-                "",
-                "out",
-                "an adapter already exists here",
-                "choose another --out or delete it",
-            )
-        )
+    if out.exists():  # checked before the work: the rename at the end would fail
+        what = "an adapter already exists here" if (out / METADATA_FILE).exists() else "exists"
+        raise InputError(Problem(str(out), "", "out", what, "choose another --out or delete it"))
 
     started_total = time.perf_counter()
     loaded = load_model(config.model, quantization=config.quantization, device=device)

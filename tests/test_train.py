@@ -383,7 +383,10 @@ def test_max_length_too_small_for_any_example(tmp_path, capsys):
     )
     assert main(["train", "--config", str(path)]) == 2
     assert "no example fits in max_length=100" in capsys.readouterr().err
-    assert main(["validate", str(path)]) == 0
+    # validate finds it before any model is loaded, with the model's tokenizer (issue 15, item 5)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "params.max_length" in err and "fits in 100 tokens" in err
 
 
 def test_shipped_train_config_validates():

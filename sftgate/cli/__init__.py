@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure ends as one line on stderr and an exit code: 2 for bad
+    input (InputError, MismatchError), 1 for a run or search that failed, or for anything
+    unexpected; `sftgate --debug COMMAND` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -54,6 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except Exception as e:  # noqa: BLE001 (the promise: no traceback without --debug)
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        err_console.print(
+            f"[red]error:[/red] {escape(type(e).__name__)}: {escape(first)} (unexpected; "
+            "`sftgate --debug ...` shows the traceback)"
+        )
+        return 1
     return int(code or 0)
 
 

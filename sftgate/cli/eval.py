@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from sftgate.cli.score import metrics_table
+from sftgate.config import validation_problems
+from sftgate.errors import InputError
 from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
+from sftgate.preflight import eval_problems, require
 from sftgate.prompt import DEFAULT_PROMPT
 
 
 def run(args: argparse.Namespace) -> int:
-    decode = DecodeSettings(
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        merge=args.merge,
-        engine=args.engine,
-    )
-    config = EvalConfig(
-        model=args.model,
-        adapter=args.adapter,
-        quantization=args.quantization,
-        questions=args.questions,
-        contexts=args.contexts,
-        prompt=args.prompt,
-        out=args.out,
-        allow_mismatch=args.allow_mismatch,
-        decode=decode,
-    )
+    try:
+        decode = DecodeSettings(
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            merge=args.merge,
+            engine=args.engine,
+        )
+        config = EvalConfig(
+            model=args.model,
+            adapter=args.adapter,
+            quantization=args.quantization,
+            questions=args.questions,
+            contexts=args.contexts,
+            prompt=args.prompt,
+            out=args.out,
+            allow_mismatch=args.allow_mismatch,
+            decode=decode,
+        )
+    except ValidationError as e:
+        raise InputError(validation_problems(e, "command line")) from None
+    require(eval_problems(config, "command line"))
     result = evaluate(config)
     console = Console()
     console.print(

@@ -13,19 +13,49 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sftgate.cli.validate import validate
 from sftgate.errors import InputError, Problem
 from sftgate.paths import data_dir
+from sftgate.preflight import check_registry_file
 from sftgate.scoring import paired_comparison
 from sftgate.search import search
-from sftgate.search.registry import Registry, RunState, comparable
+from sftgate.search.registry import Registry, RunState, Study, comparable, default_path
 from sftgate.search.report import write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "examples" / "sample" / "study_cpu.yaml"
 
 
-def registry(args: argparse.Namespace) -> Registry:
-    return Registry(args.registry)
+@contextmanager
+def registry(args: argparse.Namespace) -> Iterator[Registry]:
+    """An existing registry for the read-only commands (runs, show, report, compare), closed
+    after the command: a path with no registry is an error, never a new empty registry."""
+    path = Path(args.registry) if args.registry else default_path()
+    check_registry_file(path, "--registry" if args.registry else "")
+    if not path.exists():
+        raise InputError(
+            Problem(
+                str(path),
+                "",
+                "",
+                "no registry here",
+                "run `sftgate search` (or `sftgate demo`) first, or pass --registry FILE",
+            )
+        )
+    reg = Registry(path)
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+def known_study(reg: Registry, name: str) -> Study:
+    study = reg.study(name)
+    if study is None:
+        raise InputError(
+            Problem(str(reg.path), name, "study", "no such study", "list them with `sftgate runs`")
+        )
+    return study
 
 
 @contextmanager
@@ -46,6 +76,7 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    validate(args.config)  # every input checked before any work
     with quiet_libraries():
         result = search(args.config)
     print_result(result.decision.action, result.decision.reason, result.report, result.registry)
@@ -56,6 +87,13 @@ def print_result(action: str, reason: str, report: Path, registry_path: Path) ->
     console = Console()
     console.print(f"[bold]{action}[/bold]: {reason}")
     console.print(f"report: {report} (and .html)\nregistry: {registry_path}")
+
+
+def demo_overrides() -> dict[str, str]:
+    """The demo keeps its registry and files apart from the user's studies, in
+    $SFTGATE_HOME/demo (absolute, so never inside the source tree next to its config)."""
+    home = data_dir() / "demo"
+    return {"registry": str(home / "registry.sqlite"), "workdir": str(home / "study")}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -69,15 +107,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 "run the demo from a clone of the sftgate repository",
             )
         )
-    # The demo keeps its registry and files apart from the user's studies, under $SFTGATE_HOME/demo.
-    home = data_dir() / "demo"
     if args.fresh:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(data_dir() / "demo", ignore_errors=True)
     with quiet_libraries():
-        result = search(
-            DEMO_CONFIG,
-            overrides={"registry": str(home / "registry.sqlite"), "workdir": str(home / "study")},
-        )
+        result = search(DEMO_CONFIG, overrides=demo_overrides())
     print_result(result.decision.action, result.decision.reason, result.report, result.registry)
     Console().print(
         "\nThe demo ran tiny-qwen3, a random model: it shows the flow and is not expected to pass "
@@ -88,78 +121,73 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    reg = registry(args)
-    study = reg.study(args.study)
-    workdir = study.config.get("workdir") if study else None
-    if study and not workdir:
-        workdir = str(data_dir() / "studies" / study.name)
-    out = Path(args.out) if args.out else Path(workdir or ".") / f"report.{args.format}"
-    path = write_report(reg, args.study, out, args.format)
+    with registry(args) as reg:
+        study = known_study(reg, args.study)
+        workdir = study.config.get("workdir") or str(data_dir() / "studies" / study.name)
+        out = Path(args.out) if args.out else Path(workdir) / f"report.{args.format}"
+        path = write_report(reg, args.study, out, args.format)
     Console().print(f"report -> {path}")
     return 0
 
 
 def run_runs(args: argparse.Namespace) -> int:
-    reg = registry(args)
-    table = Table(title=f"runs in {reg.path}")
-    table.add_column("study", overflow="fold")
-    table.add_column("run", no_wrap=True)
-    for col in ("round", "status", "eval_score_avg", "schema", "grounding"):
-        table.add_column(col, justify="right" if col != "status" else "left")
-    table.add_column("params", overflow="fold")
-    table.add_column("failure", overflow="fold")
-    names = {s.id: s.name for s in reg.studies()}
-    study = reg.study(args.study) if args.study else None
-    for r in reg.runs(study.id if study else None):
-        p, m = r.params, r.metrics
-        table.add_row(
-            names[r.study_id],
-            r.id,
-            str(r.round),
-            r.status,
-            f"{m.eval_score_avg:.2f}" if m else "–",
-            f"{m.schema_pass_rate:.3f}" if m else "–",
-            f"{m.grounding_avg:.3f}" if m else "–",
-            f"steps={p.max_steps} lr={p.lr:g} len={p.max_length}",
-            (r.failure or "")[:60],
-        )
+    with registry(args) as reg:
+        table = Table(title=f"runs in {reg.path}")
+        table.add_column("study", overflow="fold")
+        table.add_column("run", no_wrap=True)
+        for col in ("round", "status", "eval_score_avg", "schema", "grounding"):
+            table.add_column(col, justify="right" if col != "status" else "left")
+        table.add_column("params", overflow="fold")
+        table.add_column("failure", overflow="fold")
+        names = {s.id: s.name for s in reg.studies()}
+        study = known_study(reg, args.study) if args.study else None
+        for r in reg.runs(study.id if study else None):
+            p, m = r.params, r.metrics
+            table.add_row(
+                names[r.study_id],
+                r.id,
+                str(r.round),
+                r.status,
+                f"{m.eval_score_avg:.2f}" if m else "–",
+                f"{m.schema_pass_rate:.3f}" if m else "–",
+                f"{m.grounding_avg:.3f}" if m else "–",
+                f"steps={p.max_steps} lr={p.lr:g} len={p.max_length}",
+                (r.failure or "")[:60],
+            )
     Console().print(table)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    r = registry(args).run_json(args.run)
-    if r is None:
-        raise InputError(
-            Problem(
-                str(registry(args).path),
-                args.run,
-                "run",
-                "no such run",
-                "list them with `sftgate runs`",
+    with registry(args) as reg:
+        r = reg.run_json(args.run)
+        if r is None:
+            raise InputError(
+                Problem(
+                    str(reg.path), args.run, "run", "no such run", "list them with `sftgate runs`"
+                )
             )
-        )
     print(json.dumps(r, indent=2, ensure_ascii=False, default=str))
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    reg = registry(args)
-    a, b = reg.run(args.run_a), reg.run(args.run_b)
-    for rid, r in ((args.run_a, a), (args.run_b, b)):
-        if r is None or r.state is not RunState.DONE:
-            raise InputError(
-                Problem(
-                    str(reg.path),
-                    rid,
-                    "run",
-                    "no finished run with this id",
-                    "list them with `sftgate runs`",
+    with registry(args) as reg:
+        a, b = reg.run(args.run_a), reg.run(args.run_b)
+        for rid, r in ((args.run_a, a), (args.run_b, b)):
+            if r is None or r.state is not RunState.DONE:
+                raise InputError(
+                    Problem(
+                        str(reg.path),
+                        rid,
+                        "run",
+                        "no finished run with this id",
+                        "list them with `sftgate runs`",
+                    )
                 )
-            )
-    assert a is not None and b is not None
-    comparable(a, b)
-    cmp = paired_comparison(reg.question_scores(a.id), reg.question_scores(b.id))
+        assert a is not None and b is not None
+        comparable(a, b)
+        cmp = paired_comparison(reg.question_scores(a.id), reg.question_scores(b.id))
     Console().print(
         f"{args.run_b} minus {args.run_a} on {cmp['n']} gate questions: {cmp['mean_diff']:+.2f} eval_score points "
         f"(95% paired-bootstrap CI {cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}); {cmp['wins']} better, {cmp['losses']} worse, {cmp['ties']} equal"

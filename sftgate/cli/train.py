@@ -9,6 +9,7 @@ from rich.console import Console
 
 from sftgate.config import load_config
 from sftgate.params import TrainParams
+from sftgate.preflight import require, train_problems
 from sftgate.train import TrainConfig, train
 
 TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out", "kernels")
@@ -38,6 +39,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, overrides(args))
+    require(train_problems(config, args.config))
     result = train(config)
     m = result.metadata
     how = m["machinery"]

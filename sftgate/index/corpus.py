@@ -108,7 +108,7 @@ def _read_jsonl(path: Path) -> tuple[list[Document], list[Problem]]:
         try:
             rec = CorpusRecord.model_validate(raw)
         except ValidationError as e:
-            problems += validation_problems(e, str(path), item=where)
+            problems += validation_problems(e, str(path), item=where, data=raw)
             continue
         bad = _path_problem(str(path), where, rec.source_path)
         if bad is None and rec.source_path in seen:

@@ -1,0 +1,81 @@
+"""The data directory and the README's two set-up commands (issue 15, item 4).
+
+$SFTGATE_HOME defaults to one folder per user, whatever the current directory; the demo's study
+goes there, never into the source tree; `init --sample` copies the sample's sources only; the
+read-only commands never create a registry. CI (`.ci/run`) runs the demo and then the tests on a
+fresh clone and fails if the demo wrote anything into the clone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from sftgate.cli import main
+from sftgate.cli.study import DEMO_CONFIG, demo_overrides
+from sftgate.paths import data_dir
+from sftgate.project import SAMPLE_DIR, SAMPLE_SOURCES, sample_files
+from sftgate.search import load_study_config
+from tests.conftest import REPO
+
+
+def test_the_default_home_is_one_per_user_folder_wherever_you_are(tmp_path, monkeypatch):
+    monkeypatch.delenv("SFTGATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    here = data_dir()
+    assert here == tmp_path / "me" / ".sftgate"
+    monkeypatch.chdir(REPO / "examples" / "sample")
+    assert data_dir() == here  # not ./.sftgate of the current directory
+    monkeypatch.setenv("SFTGATE_HOME", "relative/home")
+    assert data_dir().is_absolute()
+
+
+def test_the_demo_study_lives_in_the_home_not_in_the_source_tree(tmp_path, monkeypatch):
+    monkeypatch.delenv("SFTGATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    config = load_study_config(DEMO_CONFIG, demo_overrides())
+    home = tmp_path / "me" / ".sftgate" / "demo"
+    assert Path(config.registry or "") == home / "registry.sqlite"
+    assert config.work == home / "study"
+    for path in (Path(config.registry or ""), config.work):
+        assert not path.is_relative_to(REPO)
+
+
+def test_init_sample_copies_the_sources_only(tmp_path):
+    sample = tmp_path / "sample"
+    shutil.copytree(SAMPLE_DIR, sample)
+    # what commands may leave next to the sample: a study folder, an index, a registry
+    for junk in (".sftgate/demo/registry.sqlite", "runs/index/manifest.json", "report.md"):
+        (sample / junk).parent.mkdir(parents=True, exist_ok=True)
+        (sample / junk).write_text("output", encoding="utf-8")
+    files = sample_files(sample)
+    assert not [f for f in files if f.startswith((".sftgate", "runs/", "report"))]
+    assert set(files) >= {"study.yaml", "docs/question_v2.json", "kb/it/vpn.md"}
+
+
+def test_sample_sources_name_every_tracked_file_of_the_sample():
+    tracked = subprocess.run(
+        ["git", "ls-files", "examples/sample"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    assert tracked
+    tops = {Path(t).relative_to("examples/sample").parts[0] for t in tracked}
+    assert tops == set(SAMPLE_SOURCES)
+    copied = sample_files()
+    assert {Path(t).relative_to("examples/sample").as_posix() for t in tracked} <= set(copied)
+
+
+def test_read_only_commands_never_create_a_registry(tmp_path, capsys):
+    home = data_dir()
+    for argv in (["runs"], ["show", "x"], ["report", "s"], ["compare", "a", "b"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "no registry here" in err and str(home / "registry.sqlite") in err
+    assert not home.exists() or not any(home.iterdir())
+
+
+def test_ci_runs_the_demo_then_the_tests_and_checks_the_clone_stays_clean():
+    script = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    demo, tests = script.index("sftgate demo"), script.index("make test")
+    assert demo < tests
+    assert "git status --porcelain" in script
