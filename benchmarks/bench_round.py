@@ -115,7 +115,7 @@ def run_mode(
 ) -> dict:
     from sftgate.search.driver import Specs, execute
     from sftgate.search.executors import InProcess, LocalProcesses
-    from sftgate.search.inputs import inputs_for_workers, pin_inputs, prepare_contexts
+    from sftgate.search.inputs import pin_inputs, pinned_copies, prepare_contexts
     from sftgate.search.live import LiveView
     from sftgate.search.planner import with_changes
     from sftgate.search.registry import Registry
@@ -135,7 +135,7 @@ def run_mode(
     config = load_study_config(SAMPLE / "study.yaml", overrides)
     inputs = pin_inputs(config)
     prepare_contexts(config, inputs)
-    workers = inputs_for_workers(config)
+    workers, inputs = pinned_copies(config, inputs)
     configs = [
         (
             with_changes(

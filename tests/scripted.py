@@ -41,7 +41,8 @@ def metrics(
 
 class ScriptedExecutor:
     """Runs nothing: each started spec's outcome comes from `script(spec)` (metrics, or a string:
-    the run failed with that reason; "lost: ..." : its worker died). Records every spec it was
+    the run failed with that reason; "lost: ..." : its worker died; "environment: ...": its
+    environment failed it, as an OSError in a real run). Records every spec it was
     given, so tests can tell what was (re)run."""
 
     nests_progress = False
@@ -103,6 +104,7 @@ class ScriptedExecutor:
                 "failed",
                 failure=result,
                 lost=lost,
+                environment=result.startswith("environment: "),
                 train_s=None if lost else train_s,
                 eval_s=None if lost else eval_s,
             )

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SftgateError as e:
         if args.debug:
             raise
-        err_console.print(f"[red]error:[/red] {escape(str(e))}")
+        err_console.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}")
         return e.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")

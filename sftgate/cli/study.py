@@ -18,7 +18,7 @@ from sftgate.errors import InputError, Problem
 from sftgate.paths import data_dir
 from sftgate.preflight import check_registry_file
 from sftgate.scoring import paired_comparison
-from sftgate.search import search
+from sftgate.search import SearchResult, search
 from sftgate.search.registry import Registry, RunState, Study, comparable, default_path
 from sftgate.search.report import write_report
 
@@ -78,15 +78,23 @@ def quiet_libraries() -> Iterator[None]:
 def run_search(args: argparse.Namespace) -> int:
     validate(args.config)  # every input checked before any work
     with quiet_libraries():
-        result = search(args.config)
-    print_result(result.decision.action, result.decision.reason, result.report, result.registry)
-    return 0
+        result = search(args.config, retry_failed=args.retry_failed)
+    return print_result(result)
 
 
-def print_result(action: str, reason: str, report: Path, registry_path: Path) -> None:
+def print_result(result: SearchResult) -> int:
+    """The study's end; exit code 1 when it stopped on a failure."""
     console = Console()
-    console.print(f"[bold]{action}[/bold]: {reason}")
-    console.print(f"report: {report} (and .html)\nregistry: {registry_path}")
+    console.print(f"[bold]{result.decision.action}[/bold]: {result.decision.reason}")
+    console.print(f"report: {result.report} (and .html)\nregistry: {result.registry}")
+    if result.failed:
+        err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/red] study '{result.study.name}' stopped on a failure: "
+            f"{result.failed} (fix it and rerun with --retry-failed to run the failed runs again)"
+        )
+        return 1
+    return 0
 
 
 def demo_overrides() -> dict[str, str]:
@@ -111,13 +119,13 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(data_dir() / "demo", ignore_errors=True)
     with quiet_libraries():
         result = search(DEMO_CONFIG, overrides=demo_overrides())
-    print_result(result.decision.action, result.decision.reason, result.report, result.registry)
+    code = print_result(result)
     Console().print(
         "\nThe demo ran tiny-qwen3, a random model: it shows the flow and is not expected to pass "
         "the gate. Run `sftgate demo` again and the finished study is not redone (`--fresh` starts "
         "over). On a GPU: `sftgate search --config examples/sample/study.yaml` (Qwen/Qwen3-4B)."
     )
-    return 0
+    return code
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -205,6 +213,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "search", help="run (or resume) a study: plan, train, evaluate round after round"
     )
     p.add_argument("--config", required=True, help="study YAML (`kind: study`)")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="plan the study's failed runs again, on purpose (logged in the registry), after "
+        "fixing what made them fail",
+    )
     p.set_defaults(func=run_search)
     p = sub.add_parser(
         "demo", help="the whole search on the sample project with tiny-qwen3 on a CPU"

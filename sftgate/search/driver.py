@@ -15,24 +15,59 @@ or Ray tasks) runs the specs and hands the outcomes back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from sftgate.errors import SftgateError
 from sftgate.params import TrainParams
 from sftgate.search.executors import Executor, open_executor
-from sftgate.search.inputs import Inputs, inputs_for_workers, pin_inputs, prepare_contexts
+from sftgate.search.inputs import Inputs, pin_inputs, pinned_copies, prepare_contexts
+from sftgate.search.lease import HeldLease
 from sftgate.search.live import LiveView, console
 from sftgate.search.planner import Decision, History, Policy, RoundRecord, RunRecord, plan_next
-from sftgate.search.registry import Registry, RunState, Study, check_pins
+from sftgate.search.registry import Registry, RunState, Study
 from sftgate.search.runner import RunOutcome, RunSpec
 from sftgate.search.study import StudyConfig, load_study_config
 
 # ---------------------------------------------------------------------- the driver's registry writes
 
 
-def record_outcome(reg: Registry, spec: RunSpec, outcome: RunOutcome) -> None:
+RAN_WITH = ("model_id", "prompt_sha256", "index_version")  # what both metadata files record
+
+
+def disagreements(spec: RunSpec, outcome: RunOutcome, pins: dict[str, str]) -> list[str]:
+    """Where the run's own metadata (the adapter's, the evaluation's) disagrees with the study's
+    pins: such a run did not run on the study's inputs and is never recorded done."""
+    wanted = {
+        "adapter": {
+            **{k: pins[k] for k in RAN_WITH},
+            "train_set_version": pins["train_set_version"],
+        }
+    }
+    wanted["evaluation"] = {
+        **{k: pins[k] for k in RAN_WITH},
+        "eval_set_version": pins[f"{spec.split}_set_version"],
+    }
+    ran = {"adapter": outcome.train_meta or {}, "evaluation": outcome.eval_meta or {}}
+    return [
+        f"the {what}'s {k} is {str(ran[what].get(k))[:16]}, the study pins {v[:16]}"
+        for what, keys in wanted.items()
+        for k, v in keys.items()
+        if k in ran[what] and ran[what][k] != v
+    ]
+
+
+def record_outcome(
+    reg: Registry, spec: RunSpec, outcome: RunOutcome, pins: dict[str, str] | None = None
+) -> None:
+    if outcome.status == "failed" and outcome.environment:
+        reg.hold_back(spec.run_id, spec.split, outcome.failure or "")
+        return
+    wrong = disagreements(spec, outcome, pins) if pins and outcome.status == "done" else []
+    if wrong:
+        failure = "ran on inputs other than the study's pins: " + "; ".join(wrong)
+        outcome = replace(outcome, status="failed", failure=failure)
     if spec.split == "full":
         if outcome.status == "failed":
             reg.record_full_failed(spec.run_id, outcome.failure or "", lost=outcome.lost)
@@ -111,15 +146,11 @@ def history(reg: Registry, study: Study) -> History:
 
 @dataclass(frozen=True)
 class Specs:
-    """Run specs from a study config and its pinned inputs; `check` refuses inputs edited while
-    the search runs (the round's runs would not be comparable)."""
+    """Run specs from a study config whose files are the study's own pinned copies."""
 
     config: StudyConfig
     inputs: Inputs
     progress: bool
-
-    def check(self, study: Study) -> None:
-        check_pins(study, pin_inputs(self.config).pins)
 
     def spec(self, run_id: str, params: TrainParams, split: Literal["gate", "full"]) -> RunSpec:
         config, contexts = self.config, self.inputs.contexts
@@ -156,17 +187,34 @@ class Specs:
 # ---------------------------------------------------------------------- executing runs
 
 
+def _each(outcomes: Sequence[RunOutcome]) -> str:
+    return "; ".join(
+        f"{o.run_id}{' (full set)' if o.split == 'full' else ''}: {o.failure}" for o in outcomes
+    )
+
+
 class RunsLost(SftgateError):
     """Runs whose worker died; recorded as failed (lost), they run again when the study resumes."""
 
     def __init__(self, lost: Sequence[RunOutcome], config_path: str | Path = "STUDY.yaml"):
         self.lost = list(lost)
-        runs = "; ".join(
-            f"{o.run_id}{' (full set)' if o.split == 'full' else ''}: {o.failure}" for o in lost
-        )
         super().__init__(
-            f"{len(lost)} run(s) lost their worker; the round's other runs are recorded. {runs}. "
+            f"{len(lost)} run(s) lost their worker; the round's other runs are recorded. "
+            f"{_each(lost)}. "
             f"Run `sftgate search --config {config_path}` again to run the lost ones again."
+        )
+
+
+class EnvironmentFailed(SftgateError):
+    """Runs that failed because of their environment (a download, a file, a full disk): they stay
+    planned, and the search stops so that the cause can be fixed; the rerun goes on."""
+
+    def __init__(self, held: Sequence[RunOutcome], config_path: str | Path = "STUDY.yaml"):
+        self.held = list(held)
+        super().__init__(
+            f"{len(held)} run(s) failed because of their environment, not their configuration, "
+            f"and stay planned: {_each(held)}. Fix the cause, then run `sftgate search --config "
+            f"{config_path}` again"
         )
 
 
@@ -195,10 +243,15 @@ class StageRecorder:
 
 
 def execute(
-    specs: Sequence[RunSpec], executor: Executor, reg: Registry, view: LiveView
+    specs: Sequence[RunSpec],
+    executor: Executor,
+    reg: Registry,
+    view: LiveView,
+    pins: dict[str, str] | None = None,
 ) -> list[RunOutcome]:
     """Run specs on the executor, at most its capacity at once, and record each outcome as it
-    arrives. Runs that lost their worker stop the search (RunsLost) once the others are in."""
+    arrives (checked against the study's `pins`). Runs that lost their worker (RunsLost) or
+    that their environment failed (EnvironmentFailed) stop the search once the others are in."""
     watch = StageRecorder(reg, view)
     pending, running, outcomes = list(specs), set[str](), list[RunOutcome]()
     try:
@@ -211,7 +264,7 @@ def execute(
             for outcome in executor.wait(0.5, watch):
                 running.discard(outcome.run_id)
                 spec = next(s for s in specs if s.run_id == outcome.run_id)
-                record_outcome(reg, spec, outcome)
+                record_outcome(reg, spec, outcome, pins)
                 view.finished(spec, outcome)
                 outcomes.append(outcome)
     except BaseException:
@@ -220,6 +273,9 @@ def execute(
     lost = [o for o in outcomes if o.lost]
     if lost:
         raise RunsLost(lost)
+    held = [o for o in outcomes if o.environment]
+    if held:
+        raise EnvironmentFailed(held)
     return outcomes
 
 
@@ -237,7 +293,7 @@ def drive(
     max_steps_of_the_loop: int = 100,
 ) -> Decision:
     """Plan, execute, record until the planner stops; returns its last decision. Resumable: what
-    the registry holds is never redone. `check` runs before any work starts (the pins)."""
+    the registry holds is never redone. `check` runs before each round's work (the lease)."""
     for _ in range(max_steps_of_the_loop):
         planned = reg.runs(study.id, state=RunState.PLANNED)
         if planned:
@@ -245,7 +301,8 @@ def drive(
             view.set_round(planned[0].round, len(planned))
             for r in planned:
                 view.log(f"[bold]round {r.round}[/bold] · {r.id}: {r.reason}")
-            execute([spec(r.id, r.params, "gate") for r in planned], executor, reg, view)
+            gate = [spec(r.id, r.params, "gate") for r in planned]
+            execute(gate, executor, reg, view, study.pins)
         view.set_round(view.round, 0)
         view.set_stage("planner", "planning")
         decision = plan_next(history(reg, study), policy)
@@ -265,7 +322,7 @@ def drive(
             assert run is not None
             view.set_round(f"{decision.round} (full set)", 1)
             reg.start_full(run.id)
-            execute([spec(run.id, run.params, "full")], executor, reg, view)
+            execute([spec(run.id, run.params, "full")], executor, reg, view, study.pins)
         if decision.action == "stop":
             reg.set_study_status(study.id, "finished")
             return decision
@@ -278,6 +335,17 @@ class SearchResult:
     decision: Decision
     report: Path
     registry: Path
+    failed: str | None = None  # why, when the study stopped on a failure (`sftgate search` exits 1)
+
+
+def stopped_on_failure(decision: Decision, hist: History) -> str | None:
+    """The stop's reason when failed runs made it: every run of the last round failed (the smoke
+    run, for one), or the full-set evaluation failed."""
+    if decision.action != "stop" or not hist.rounds:
+        return None
+    if all(run.status == "failed" for run in hist.rounds[-1].runs) or hist.full_eval_failures:
+        return decision.reason
+    return None
 
 
 def search(
@@ -286,46 +354,56 @@ def search(
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     executor: Executor | None = None,
+    retry_failed: bool = False,
 ) -> SearchResult:
     """Run (or resume) the study of a config file. `executor`: None opens the one the config's
-    `executor:` asks for."""
+    `executor:` asks for. `retry_failed`: plan the study's failed runs again (logged).
+
+    The search holds the study's lease from before it opens the study until it returns: a second
+    search of the same study is refused (StudyBusy). Runs read only the study's own copies of
+    its pinned files (`pinned_copies`)."""
     from sftgate.search.report import write_report
 
     config = load_study_config(config_path, overrides)
     inputs = pin_inputs(config)
     reg = Registry(config.registry)
+    lease: HeldLease | None = None
     try:
+        lease = HeldLease(reg, config.name)
         study, created = reg.open_study(
             config.name, inputs.pins, str(config_path), config.model_dump(mode="json")
         )
         prepare_contexts(config, inputs)
+        pinned, inputs = pinned_copies(config, inputs)
         executor = executor or open_executor(config.executor)
         console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")
         restarted = reg.reset_interrupted(study.id)
         if restarted:
             console.print(f"restarting interrupted work: {', '.join(restarted)}")
+        if retry_failed:
+            retried = reg.retry_failed(study)
+            console.print(
+                f"planned again (--retry-failed): {', '.join(retried) or 'no failed run'}"
+            )
         durations = [r.train_s + r.eval_s for r in reg.runs(study.id) if r.train_s and r.eval_s]
         view = LiveView(study.name, durations, progress, executor.capacity)
         view.where = executor.where()
         # Progress bars of train and evaluate nest in the live view only in this process.
-        specs = Specs(inputs_for_workers(config), inputs, progress and executor.nests_progress)
+        specs = Specs(pinned, inputs, progress and executor.nests_progress)
         with view.shown():
             try:
-                decision = drive(
-                    reg,
-                    study,
-                    config.policy,
-                    executor,
-                    specs.spec,
-                    view,
-                    lambda: specs.check(study),
-                )
+                decision = drive(reg, study, config.policy, executor, specs.spec, view, lease.check)
             except RunsLost as e:
                 raise RunsLost(e.lost, config_path) from None
+            except EnvironmentFailed as e:
+                raise EnvironmentFailed(e.held, config_path) from None
         report = write_report(reg, study.name, config.work / "report.md")
         write_report(reg, study.name, config.work / "report.html", "html")
-        return SearchResult(reg.study(study.name) or study, decision, report, reg.path)
+        failed = stopped_on_failure(decision, history(reg, study))
+        return SearchResult(reg.study(study.name) or study, decision, report, reg.path, failed)
     finally:
         if executor is not None:
             executor.close()
+        if lease is not None:
+            lease.release()
         reg.close()

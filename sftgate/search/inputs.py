@@ -1,12 +1,13 @@
 """A study's inputs: loaded and hashed into pins (reading only), then the index built and each
-question set's passages frozen into a contexts file; on a cluster, byte-identical copies of the
-inputs in the study's folder for the workers.
+question set's passages frozen into a contexts file; the study's own byte-identical copies of
+its pinned files, the only ones its runs read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich import get_console
 
@@ -23,7 +24,7 @@ from sftgate.index import (
 )
 from sftgate.prompt import load_prompt
 from sftgate.questions import QuestionSet, load_questions
-from sftgate.search.study import RetrievalConfig, StudyConfig
+from sftgate.search.study import ContextFiles, RetrievalConfig, StudyConfig
 
 console = get_console()
 
@@ -140,17 +141,46 @@ def prepare_contexts(config: StudyConfig, inputs: Inputs) -> None:
             write_contexts(path, *retrieve_contexts(index_dir, qs, r.top_k))
 
 
-def inputs_for_workers(config: StudyConfig) -> StudyConfig:
-    """On a cluster, workers read the prompt and question sets from the study's folder (storage
-    every node reaches): copied there byte for byte, so the pins taken from the originals hold."""
-    if config.executor.kind != "ray":
-        return config
-    update = {}
-    for key in ("prompt", "train_questions", "gate_questions", "full_questions"):
-        source = Path(getattr(config, key))
+PINNED_FILES = ("prompt", "train_questions", "gate_questions", "full_questions")
+
+
+def pinned_copies(config: StudyConfig, inputs: Inputs) -> tuple[StudyConfig, Inputs]:
+    """The study's own copies of its pinned files, in WORK/inputs (storage every node reaches,
+    on a cluster): the prompt, the three question sets and, when brought, the contexts files.
+
+    Made when missing (the originals match the pins then: the study was just opened), never
+    rewritten, and checked against the pins at every start. Runs read only these copies, so an
+    original edited while the search runs changes nothing; the next start reports the edit
+    (the pins no longer match) and refuses it.
+    """
+    sources = {key: Path(getattr(config, key)) for key in PINNED_FILES}
+    if config.contexts is not None:
+        sources |= {f"contexts_{s}": Path(getattr(config.contexts, s)) for s in SPLITS}
+    copies = {}
+    for key, source in sources.items():
         copy = config.work / "inputs" / key / source.name
-        data = source.read_bytes()
-        if not copy.exists() or copy.read_bytes() != data:
-            atomic_write_bytes(copy, data)
-        update[key] = str(copy)
-    return config.model_copy(update=update)
+        if not copy.exists():
+            atomic_write_bytes(copy, source.read_bytes())
+        copies[key] = copy
+    found = {
+        "prompt_sha256": load_prompt(copies["prompt"]).sha256,
+        **{f"{s}_set_version": load_questions(copies[f"{s}_questions"]).version for s in SPLITS},
+        **{
+            f"contexts_{s}_sha256": sha256_file(copies[f"contexts_{s}"])
+            for s in SPLITS
+            if f"contexts_{s}" in copies
+        },
+    }
+    wrong = [k for k, v in found.items() if inputs.pins[k] != v]
+    if wrong:
+        raise SftgateError(
+            f"the study's copies of its inputs in {config.work / 'inputs'} no longer match its "
+            f"pins ({', '.join(wrong)}): they were changed after the study began; restore them "
+            "or start a new study"
+        )
+    update: dict[str, Any] = {key: str(copies[key]) for key in PINNED_FILES}
+    contexts = dict(inputs.contexts)
+    if config.contexts is not None:
+        update["contexts"] = ContextFiles(**{s: str(copies[f"contexts_{s}"]) for s in SPLITS})
+        contexts = {s: copies[f"contexts_{s}"] for s in SPLITS}
+    return config.model_copy(update=update), replace(inputs, contexts=contexts)

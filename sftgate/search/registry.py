@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -141,6 +141,27 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, step, question_id)
     );
     """,
+    # 5: one writer per study: the search holding a study's lease (host, pid, start, heartbeat),
+    # and a log of study events (lease taken, taken over from a killed search, released; failed
+    # runs re-planned on purpose); a run held back by a failure of its environment keeps the cause
+    """
+    CREATE TABLE leases (
+        study_name TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL
+    );
+    CREATE TABLE study_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_name TEXT NOT NULL,
+        event TEXT NOT NULL,
+        detail_json TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN environment_failure TEXT;
+    """,
 ]
 
 PIN_KEYS = (
@@ -233,6 +254,20 @@ class Checkpoint:
     metrics: Metrics
     scores: list[QuestionScore]
     eval_dir: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who is searching a study: the one process allowed to write it."""
+
+    token: str  # this holding's own id: only its holder heartbeats and releases it
+    host: str
+    pid: int
+    started_at: str
+    heartbeat_at: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "token"}
 
 
 @dataclass(frozen=True)
@@ -383,6 +418,77 @@ class Registry:
         with self.tx() as db:
             db.execute("UPDATE studies SET status = ? WHERE id = ?", (status, study_id))
 
+    # ------------------------------------------------------------------ one writer per study
+
+    def take_lease(
+        self, study_name: str, me: Lease, stale: Callable[[Lease], bool]
+    ) -> Lease | None:
+        """Take the study's lease for `me` (in one transaction, so that of two searches started
+        together one wins): None when taken, a stale holder's lease taken over and the takeover
+        logged; else the live holder, whose lease is left as it is."""
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM leases WHERE study_name = ?", (study_name,)).fetchone()
+            if row is not None:
+                holder = Lease(**{k: row[k] for k in Lease.__dataclass_fields__})
+                if not stale(holder):
+                    return holder
+                db.execute("DELETE FROM leases WHERE study_name = ?", (study_name,))
+                detail = {"from": holder.as_json(), "by": me.as_json()}
+                self._event(db, study_name, "lease taken over", detail)
+            else:
+                self._event(db, study_name, "lease taken", me.as_json())
+            db.execute(
+                "INSERT INTO leases (study_name, token, host, pid, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (study_name, me.token, me.host, me.pid, me.started_at, me.heartbeat_at),
+            )
+        return None
+
+    def heartbeat(self, study_name: str, token: str) -> bool:
+        """Renew the lease; False when it is no longer this holder's (taken over)."""
+        with self.tx() as db:
+            cursor = db.execute(
+                "UPDATE leases SET heartbeat_at = ? WHERE study_name = ? AND token = ?",
+                (now(), study_name, token),
+            )
+        return cursor.rowcount == 1
+
+    def release_lease(self, study_name: str, token: str) -> None:
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT * FROM leases WHERE study_name = ? AND token = ?", (study_name, token)
+            ).fetchone()
+            if row is None:
+                return
+            db.execute("DELETE FROM leases WHERE study_name = ?", (study_name,))
+            held = Lease(**{k: row[k] for k in Lease.__dataclass_fields__})
+            self._event(db, study_name, "lease released", held.as_json())
+
+    def lease(self, study_name: str) -> Lease | None:
+        row = self.db.execute("SELECT * FROM leases WHERE study_name = ?", (study_name,)).fetchone()
+        return Lease(**{k: row[k] for k in Lease.__dataclass_fields__}) if row else None
+
+    def _event(
+        self, db: sqlite3.Connection, study_name: str, event: str, detail: Mapping[str, Any]
+    ) -> None:
+        db.execute(
+            "INSERT INTO study_events (study_name, event, detail_json, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (study_name, event, json.dumps(detail, ensure_ascii=False), now()),
+        )
+
+    def events(self, study_name: str) -> list[dict[str, Any]]:
+        """The study's log: lease taken / taken over / released, failed runs re-planned."""
+        rows = self.db.execute(
+            "SELECT event, detail_json, created_at FROM study_events WHERE study_name = ? "
+            "ORDER BY id",
+            (study_name,),
+        ).fetchall()
+        return [
+            {"event": r["event"], "detail": json.loads(r["detail_json"]), "at": r["created_at"]}
+            for r in rows
+        ]
+
     # ------------------------------------------------------------------ runs
 
     def record_decision(
@@ -502,6 +608,46 @@ class Registry:
             self._update(
                 db, run_id, status=RunState.FAILED.value, failure=failure, lost=int(lost), **fields
             )
+
+    def hold_back(self, run_id: str, split: str, cause: str) -> None:
+        """A run (or its full-set evaluation) that its environment failed: back to planned (the
+        planner asks for the full set again), with the cause kept; a rerun after the fix goes on."""
+        with self.tx() as db:
+            if split == "full":
+                self._update(db, run_id, full_status=None, environment_failure=cause)
+            else:
+                self._update(db, run_id, status=RunState.PLANNED.value, environment_failure=cause)
+
+    def retry_failed(self, study: Study) -> list[str]:
+        """Failed runs (and failed full-set evaluations) of a study planned again, on purpose
+        (`sftgate search --retry-failed`): logged with what each had failed with."""
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT id, status, failure, full_status, full_failure FROM runs "
+                "WHERE study_id = ? AND (status = 'failed' OR full_status = 'failed')",
+                (study.id,),
+            ).fetchall()
+            if not rows:
+                return []
+            failures = {
+                r["id"]: r["failure"]
+                if r["status"] == "failed"
+                else f"full set: {r['full_failure']}"
+                for r in rows
+            }
+            db.execute(
+                "UPDATE runs SET status = 'planned', failure = NULL, lost = 0, updated_at = ? "
+                "WHERE study_id = ? AND status = 'failed'",
+                (now(), study.id),
+            )
+            db.execute(
+                "UPDATE runs SET full_status = NULL, full_failure = NULL, full_lost = 0, "
+                "updated_at = ? WHERE study_id = ? AND full_status = 'failed'",
+                (now(), study.id),
+            )
+            db.execute("UPDATE studies SET status = 'running' WHERE id = ?", (study.id,))
+            self._event(db, study.name, "failed runs re-planned (--retry-failed)", failures)
+        return list(failures)
 
     def start_full(self, run_id: str) -> None:
         with self.tx() as db:

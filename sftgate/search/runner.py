@@ -74,6 +74,9 @@ class RunOutcome:
     # True when the process running it died (a worker killed, a node lost): not the run's fault,
     # so resuming the study runs it again. `failure` says what happened.
     lost: bool = False
+    # True when it failed because of its environment (an OSError: a download, a file, a full
+    # disk), not its configuration: the run stays planned and the search stops until it is fixed.
+    environment: bool = False
     worker: dict[str, Any] | None = None  # where it ran: host, pid, devices
     curve: list[Checkpoint] = field(default_factory=list)  # the gate set at checkpoints
 
@@ -110,6 +113,8 @@ def execute_run(
     """Do one run and return its outcome (`on_stage`: training, evaluating; `on_progress`: the
     stage's steps or questions done, of all); any error (out of memory, NaN loss, a crash) is a
     failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
+    An OSError (a model that cannot be downloaded, a file that cannot be read or written, a full
+    disk) is the environment's failure, not the configuration's: `environment` says so.
     A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
     its last finished batch."""
     stage = on_stage or (lambda _: None)
@@ -143,7 +148,7 @@ def execute_run(
             eval_s=eval_s,
         )
     except Exception as e:  # noqa: BLE001 - one run's failure is recorded; the round goes on
-        reason = f"{type(e).__name__}: {e}".strip()
+        reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line
         Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(spec.run_dir) / f"failure-{spec.split}.txt", traceback.format_exc())
         return RunOutcome(
@@ -153,6 +158,7 @@ def execute_run(
             train_meta=train_meta,
             failure=reason[:2000],
             train_s=train_s,
+            environment=isinstance(e, OSError),
         )
 
 
