@@ -11,14 +11,22 @@ do the same work and tokens/s = prompts x 256 / wall seconds, prefill included.
 
 Variants (all greedy, all measured in this one process, in this order, each skipped once the
 time budget `--budget-s` is spent so that a capped run still returns what it measured):
-- static-graph-bsN: sftgate's decoder (`sftgate.generate.static_generate_batch`): prefill with
-  sdpa, then one-token decode steps over a preallocated KV cache, captured once per batch as a
-  CUDA graph and replayed; GQA attention on the key/value heads (no repeat_kv copy).
-- static-eager-bsN: the same decoder without the CUDA graph (the graph's share of the gain).
 - hf-dynamic-bsN: `generate` with the default dynamic cache, batch N (the stock stack).
-- hf-static-compiled-bsN: `generate(cache_implementation="static")`, which compiles the decode
-  step (torch.compile, CUDA graphs); first call per shape excluded as compile warm-up.
-The first 8 prompts' outputs of each variant are compared with the baseline's (greedy parity).
+- static-transformers-graph-bsN: sftgate's static decoder before the fused one (and still its
+  path for models other than plain Qwen3): transformers' forward over a `StaticCache`, one-token
+  steps captured once per batch as a CUDA graph, GQA attention on the key/value heads.
+- static-fused-graph-bsN: sftgate's default (`static_generate_batch`, `fused=True`): the fused
+  Qwen3 decoder (`sftgate/qwen3_decoder.py`, Triton kernels in `sftgate/decode_kernels.py`),
+  packed prefill, CUDA graph per batch. Measured twice (run-to-run spread).
+- static-fused-eager-bsN: the same without the CUDA graph.
+- both graph decoders at batch 16 (`sftgate eval`'s default batch size), then the full set (1,000
+  prompts) at batch 100 and 200 with the default.
+- with --more-baselines: `generate` at batch 64 and `generate(cache_implementation="static")`
+  compiled (81 s of compile per batch shape on an H100; measured in the 2026-11-25 run).
+Greedy parity: the first 16 prompts' outputs of each variant against stock `generate` and against
+the transformers static decoder (first divergent position per prompt). Accuracy: last-token
+prefill logits of 8 prompts from transformers' bf16 forward and from the fused decoder, each
+against transformers' forward of an fp32 copy of the model (relative error, argmax agreement).
 Results are written after every variant, so a run cut short keeps what it measured.
 """
 
@@ -31,7 +39,6 @@ import random
 import time
 import traceback
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ import torch
 from shapes import QWEN3_4B, TINY  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 from sftgate.generate import static_generate_batch
+from sftgate.provenance import library_versions
 
 
 def build_model(tiny: bool, device: str) -> Any:
@@ -97,7 +105,13 @@ def run_generate(
 
 
 def run_static(
-    model: Any, ps: list[list[int]], batch_size: int, new_tokens: int, device: str, cuda_graph: bool
+    model: Any,
+    ps: list[list[int]],
+    batch_size: int,
+    new_tokens: int,
+    device: str,
+    cuda_graph: bool,
+    fused: bool = True,
 ) -> tuple[float, list[list[int]]]:
     order = sorted(range(len(ps)), key=lambda i: (-len(ps[i]), i))
     outs: dict[int, list[int]] = {}
@@ -113,6 +127,7 @@ def run_static(
             eos_ids=[],
             pad_id=0,
             cuda_graph=cuda_graph,
+            fused=fused,
         )
         for i, (row, _) in zip(idx, res):
             outs[i] = row
@@ -125,6 +140,39 @@ def first_divergence(a: list[list[int]], b: list[list[int]]) -> list[int | None]
     return [next((j for j, (x, y) in enumerate(zip(r, s)) if x != y), None) for r, s in zip(a, b)]
 
 
+def accuracy_vs_fp32(model: Any, ps: list[list[int]]) -> dict[str, Any]:
+    """Last-token prefill logits, bf16 transformers vs the fused decoder, against fp32 transformers."""
+    import copy
+
+    from sftgate.qwen3_decoder import Qwen3Decoder
+
+    def transformers_logits(m: Any) -> torch.Tensor:
+        ids, mask = left_pad(ps, "cuda")
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = m(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return round(float((a.float() - b).norm() / b.norm()), 5)
+
+    with torch.inference_mode():
+        reference = transformers_logits(copy.deepcopy(model).float())
+        hf = transformers_logits(model)
+        fused = Qwen3Decoder(model, len(ps), max(map(len, ps))).prefill(ps)
+    top = reference.argmax(-1)
+    return {
+        "prompts": len(ps),
+        "transformers_bf16": {
+            "rel_err": rel(hf, reference),
+            "argmax_agrees": int((hf.argmax(-1) == top).sum()),
+        },
+        "fused_bf16": {
+            "rel_err": rel(fused, reference),
+            "argmax_agrees": int((fused.argmax(-1) == top).sum()),
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -134,9 +182,9 @@ def main() -> None:
         "--budget-s", type=float, default=480.0, help="skip the remaining variants after this"
     )
     ap.add_argument(
-        "--static-only",
+        "--more-baselines",
         action="store_true",
-        help="only sftgate's decoder (the baselines measured before)",
+        help="also generate at batch 64 and generate with a compiled static cache",
     )
     args = ap.parse_args()
     began = time.perf_counter()
@@ -159,7 +207,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "versions": {k: metadata.version(k) for k in ("torch", "transformers")},
+        "versions": library_versions(("torch", "transformers", "triton")),
         "new_tokens_per_prompt": new_tokens,
         "prompt_tokens": {
             "gate_total": sum(map(len, gate)),
@@ -179,7 +227,7 @@ def main() -> None:
         ps: list[list[int]],
         batch: int,
         fn: Any,
-        ref: str | None,
+        refs_to: tuple[str, ...],
         note: str = "",
         keep: bool = False,
     ) -> None:
@@ -212,11 +260,13 @@ def main() -> None:
             "generated_tok_per_s": round(len(ps) * new_tokens / wall, 1),
             "note": note,
         }
-        if ref is not None and ref in refs:
-            div = first_divergence(outs[:16], refs[ref][:16])
-            row["greedy_parity_vs"] = ref
-            row["identical_first16"] = sum(d is None for d in div)
-            row["first_divergence_first16"] = div
+        for ref in refs_to:
+            if ref in refs:
+                div = first_divergence(outs[:16], refs[ref][:16])
+                row[f"vs_{ref}"] = {
+                    "identical_of_16": sum(d is None for d in div),
+                    "first_divergence": div,
+                }
         if device == "cuda":
             row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if keep:
@@ -226,78 +276,87 @@ def main() -> None:
         save()
 
     bs = n_gate
-    run_generate(model, gate[:4], 4, 4, device)  # warm-up (kernels, allocator)
-    static_generate_batch(
-        model, gate[:4], max_new_tokens=4, eos_ids=[], pad_id=0, cuda_graph=device == "cuda"
-    )
-    if not args.static_only:
-        measure(
-            f"hf-dynamic-bs{bs}",
-            gate,
-            bs,
-            lambda: run_generate(model, gate, bs, new_tokens, device),
-            None,
-            "stock: generate, default dynamic cache",
-            keep=True,
-        )
-    ref = f"hf-dynamic-bs{bs}"
-    if device == "cuda":
-        measure(
-            f"static-graph-bs{bs}",
-            gate,
-            bs,
-            lambda: run_static(model, gate, bs, new_tokens, device, True),
-            ref,
-            "sftgate decoder, CUDA graph",
-            keep=True,
-        )
+    cuda = device == "cuda"
+    run_generate(model, gate[:4], 4, 4, device)  # warm-up (kernels, allocator, Triton compiles)
+    for fused in (True, False):
+        run_static(model, gate, bs, 4, device, cuda, fused)
+        run_static(model, gate[:16], 16, 4, device, cuda, fused)
+    stock, before = f"hf-dynamic-bs{bs}", f"static-transformers-graph-bs{bs}"
     measure(
-        f"static-eager-bs{bs}",
+        stock,
         gate,
         bs,
-        lambda: run_static(model, gate, bs, new_tokens, device, False),
-        ref,
-        "sftgate decoder, no graph",
+        lambda: run_generate(model, gate, bs, new_tokens, device),
+        (),
+        "stock: generate, default dynamic cache",
+        keep=True,
     )
-    best = "static-graph" if device == "cuda" else "static-eager"
+    for b in (bs, 16 if not args.tiny else 3):
+        measure(
+            f"static-transformers-graph-bs{b}",
+            gate,
+            b,
+            lambda b=b: run_static(model, gate, b, new_tokens, device, cuda, fused=False),
+            (stock,),
+            "transformers forward over a StaticCache, CUDA graph (sftgate's decoder before)",
+            keep=b == bs,
+        )
+        for run in ("", "-run2") if b == bs else ("",):
+            measure(
+                f"static-fused-graph-bs{b}{run}",
+                gate,
+                b,
+                lambda b=b: run_static(model, gate, b, new_tokens, device, cuda),
+                (stock, before),
+                "fused Qwen3 decoder, CUDA graph (the sftgate eval default)",
+            )
+        if b == bs:
+            measure(
+                f"static-fused-eager-bs{b}",
+                gate,
+                b,
+                lambda b=b: run_static(model, gate, b, new_tokens, device, False),
+                (stock, before),
+                "fused Qwen3 decoder, no graph",
+            )
     for fbs in [100, 200] if not args.tiny else [6, 12]:
         measure(
-            f"full-{best}-bs{fbs}",
+            f"full-static-fused-graph-bs{fbs}",
             full,
             fbs,
-            lambda fbs=fbs: run_static(model, full, fbs, new_tokens, device, device == "cuda"),
-            None,
+            lambda fbs=fbs: run_static(model, full, fbs, new_tokens, device, cuda),
+            (),
             f"the full set: {len(full)} prompts",
         )
-    if args.static_only:
-        result["total_s"] = round(time.perf_counter() - began, 1)
-        save()
-        return
-    small = 64 if not args.tiny else 3
-    measure(
-        f"hf-dynamic-bs{small}",
-        gate,
-        small,
-        lambda: run_generate(model, gate, small, new_tokens, device),
-        ref,
-    )
+    if cuda:
+        result["accuracy_vs_fp32"] = accuracy_vs_fp32(model, gate[:8])
+        print(json.dumps(result["accuracy_vs_fp32"]), flush=True)
+    if args.more_baselines:
+        small = 64 if not args.tiny else 3
+        measure(
+            f"hf-dynamic-bs{small}",
+            gate,
+            small,
+            lambda: run_generate(model, gate, small, new_tokens, device),
+            (stock,),
+        )
 
-    def compiled() -> tuple[float, list[list[int]]]:
-        t0 = time.perf_counter()
-        run_generate(
-            model, gate, bs, new_tokens, device, cache_implementation="static"
-        )  # compile warm-up
-        result.setdefault("compile_warmup_s", round(time.perf_counter() - t0, 1))
-        return run_generate(model, gate, bs, new_tokens, device, cache_implementation="static")
+        def compiled() -> tuple[float, list[list[int]]]:
+            t0 = time.perf_counter()
+            run_generate(
+                model, gate, bs, new_tokens, device, cache_implementation="static"
+            )  # compile warm-up
+            result.setdefault("compile_warmup_s", round(time.perf_counter() - t0, 1))
+            return run_generate(model, gate, bs, new_tokens, device, cache_implementation="static")
 
-    measure(
-        f"hf-static-compiled-bs{bs}",
-        gate,
-        bs,
-        compiled,
-        ref,
-        "generate(cache_implementation='static'), compile warm-up call excluded",
-    )
+        measure(
+            f"hf-static-compiled-bs{bs}",
+            gate,
+            bs,
+            compiled,
+            (stock,),
+            "generate(cache_implementation='static'), compile warm-up call excluded",
+        )
     result["total_s"] = round(time.perf_counter() - began, 1)
     save()
 

@@ -8,6 +8,7 @@ a resumed evaluation regenerates exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -161,25 +162,103 @@ def static_generate_batch(
     pad_id: int,
     cuda_graph: bool,
     stop_check_every: int = 16,
+    fused: bool = True,
 ) -> list[tuple[list[int], str]]:
     """Greedy-decode one left-padded batch with a static KV cache; same contract as `generate_batch`.
 
-    Prefill is one forward pass over the padded prompts (position ids and mask as `generate` makes
-    them). Each decode step is a fixed-shape function of preallocated tensors (the next token, its
-    position, the cache slot, the mask over the whole cache) that also advances them, so on CUDA it
-    is captured once as a graph and replayed: no Python or kernel-launch cost per token. Finished
-    rows keep decoding (their tokens are cut at the first end of turn); every `stop_check_every`
-    steps the loop stops once every row has ended.
+    Prefill is one forward pass over the prompts (position ids and mask as `generate` makes them).
+    Each decode step is a fixed-shape function of preallocated tensors (the next token, its
+    position, the cache slot) that also advances them, so on CUDA it is captured once as a graph
+    and replayed: no Python or kernel-launch cost per token. Finished rows keep decoding (their
+    tokens are cut at the first end of turn); every `stop_check_every` steps the loop stops once
+    every row has ended. With `fused` (the default), a plain Qwen3 model runs on
+    `sftgate.qwen3_decoder` (the same computation in fewer, fused kernels); other models, or
+    `fused=False`, run transformers' forward over its `StaticCache`.
     """
+    import torch
+
+    from sftgate import qwen3_decoder
+
+    device = next(model.parameters()).device
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    # a cache (and mask) length that is a multiple of 64 keeps sdpa on its fused kernels; the
+    # extra slots are never visible (the mask hides every slot after the current one)
+    cache_len = -(-(width + max_new_tokens) // 64) * 64
+    forward: Callable[[Any, Any, Any], Any]  # (token, position, slot) -> next-token logits
+    with torch.inference_mode():
+        if fused and qwen3_decoder.supported(model):
+            decoder = qwen3_decoder.Qwen3Decoder(model, batch, cache_len)
+            logits, forward = decoder.prefill(prompts), decoder.step
+        else:
+            logits, forward = transformers_decoder(model, prompts, cache_len, pad_id)
+        out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        out[:, 0] = logits.argmax(-1)
+        token = out[:, :1].clone()
+        position = torch.tensor([[len(p)] for p in prompts], device=device)
+        slot = torch.tensor([width], device=device)
+        step = torch.tensor([1], device=device)
+        eos = torch.tensor(list(eos_ids) or [-1], device=device)
+
+        def decode_step() -> None:
+            nxt = forward(token, position, slot).argmax(-1, keepdim=True)
+            out.index_copy_(1, step, nxt)
+            token.copy_(nxt)
+            position.add_(1)
+            slot.add_(1)
+            step.add_(1)
+
+        def all_ended(done_steps: int) -> bool:
+            return bool(torch.isin(out[:, :done_steps], eos).any(-1).all())
+
+        steps_left = max_new_tokens - 1
+        warmup = min(steps_left, 2 if cuda_graph else steps_left)
+        done = 1
+        if cuda_graph:
+            # warm-up steps are real steps (run eagerly on a side stream, as capture requires)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    decode_step()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            warmup = 0
+        done += warmup
+        graph = None
+        if cuda_graph and done < max_new_tokens:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                decode_step()  # recorded, not run
+        while done < max_new_tokens:
+            if done % stop_check_every == 0 and all_ended(done):
+                break
+            if graph is not None:
+                graph.replay()
+            else:
+                decode_step()
+            done += 1
+        rows = out[:, :done].tolist()
+        del graph
+    stop = set(eos_ids)
+    results = []
+    for row in rows:
+        end = next((j for j, t in enumerate(row) if t in stop), None)
+        results.append((row[:end], "stop") if end is not None else (row, "length"))
+    return results
+
+
+def transformers_decoder(
+    model: Any, prompts: Sequence[list[int]], cache_len: int, pad_id: int
+) -> tuple[Any, Callable[[Any, Any, Any], Any]]:
+    """Prefill left-padded prompts through transformers' forward into a `StaticCache`; returns
+    the last-token logits and the one-token step over that cache (GQA attention on the key/value
+    heads, `packed_gqa_sdpa`, for the steps only: the model's own attention is restored after)."""
     import torch
     from transformers import StaticCache
 
     _register_packed_attention()
     device = next(model.parameters()).device
     batch, width = len(prompts), max(len(p) for p in prompts)
-    # a cache (and mask) length that is a multiple of 64 keeps sdpa on its fused kernels; the
-    # extra slots are never visible (the mask hides every slot after the current one)
-    cache_len = -(-(width + max_new_tokens) // 64) * 64
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -189,88 +268,44 @@ def static_generate_batch(
     positions = mask.cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)
     config = model.config
-    previous_attention = config._attn_implementation
-    config._attn_implementation = PACKED_ATTENTION
-    try:
-        with torch.inference_mode():
-            cache = StaticCache(config=config, max_cache_len=cache_len)
-            logits = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
+    cache = StaticCache(config=config, max_cache_len=cache_len)
+    with _attention(config, PACKED_ATTENTION):
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            cache_position=torch.arange(width, device=device),
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+    allowed = torch.ones((batch, cache_len), dtype=torch.bool, device=device)
+    allowed[:, :width] = mask.bool()
+    span = torch.arange(cache_len, device=device)
+
+    def forward(token: Any, position: Any, slot: Any) -> Any:
+        visible = (allowed & (span <= slot))[:, None, None, :]
+        with _attention(config, PACKED_ATTENTION):
+            return model(
+                input_ids=token,
+                attention_mask=visible,
+                position_ids=position,
                 past_key_values=cache,
-                cache_position=torch.arange(width, device=device),
+                cache_position=slot,
                 use_cache=True,
-                logits_to_keep=1,
-            ).logits
-            out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-            out[:, 0] = logits[:, -1].argmax(-1)
-            token = out[:, :1].clone()
-            position = mask.sum(-1, keepdim=True)
-            slot = torch.tensor([width], device=device)
-            step = torch.tensor([1], device=device)
-            allowed = torch.ones((batch, cache_len), dtype=torch.bool, device=device)
-            allowed[:, :width] = mask.bool()
-            span = torch.arange(cache_len, device=device)
-            eos = torch.tensor(list(eos_ids) or [-1], device=device)
+            ).logits[:, -1]
 
-            def decode_step() -> None:
-                visible = (allowed & (span <= slot))[:, None, None, :]
-                logits = model(
-                    input_ids=token,
-                    attention_mask=visible,
-                    position_ids=position,
-                    past_key_values=cache,
-                    cache_position=slot,
-                    use_cache=True,
-                ).logits
-                nxt = logits[:, -1].argmax(-1, keepdim=True)
-                out.index_copy_(1, step, nxt)
-                token.copy_(nxt)
-                position.add_(1)
-                slot.add_(1)
-                step.add_(1)
+    return logits, forward
 
-            def all_ended(done_steps: int) -> bool:
-                return bool(torch.isin(out[:, :done_steps], eos).any(-1).all())
 
-            steps_left = max_new_tokens - 1
-            warmup = min(steps_left, 2 if cuda_graph else steps_left)
-            done = 1
-            if cuda_graph:
-                # warm-up steps are real steps (run eagerly on a side stream, as capture requires)
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(warmup):
-                        decode_step()
-                torch.cuda.current_stream().wait_stream(side)
-            else:
-                warmup = 0
-            done += warmup
-            graph = None
-            if cuda_graph and done < max_new_tokens:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    decode_step()  # recorded, not run
-            while done < max_new_tokens:
-                if done % stop_check_every == 0 and all_ended(done):
-                    break
-                if graph is not None:
-                    graph.replay()
-                else:
-                    decode_step()
-                done += 1
-            rows = out[:, :done].tolist()
-            del graph
+@contextmanager
+def _attention(config: Any, implementation: str) -> Iterator[None]:
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
     finally:
-        config._attn_implementation = previous_attention
-    stop = set(eos_ids)
-    results = []
-    for row in rows:
-        end = next((j for j, t in enumerate(row) if t in stop), None)
-        results.append((row[:end], "stop") if end is not None else (row, "length"))
-    return results
+        config._attn_implementation = previous
 
 
 def vllm_generate(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sftgate import qwen3_decoder
 from sftgate.cli import main
 from sftgate.errors import MismatchError
 from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate, load_for_eval
@@ -76,9 +77,13 @@ def test_left_padded_batches_equal_one_by_one_greedy():
     assert sum(len(toks) for toks, _ in batched) > 30  # real decoding happened, not instant stops
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_new_tokens", [1, 20])
-def test_static_decoder_equals_generate_one_by_one(max_new_tokens):
+def test_static_decoder_equals_generate_one_by_one(max_new_tokens, fused):
+    """Both static decoders (the fused Qwen3 one, and transformers' forward over a StaticCache)
+    give `generate`'s greedy tokens prompt by prompt, from one left-padded batch."""
     m = load_model("tiny-qwen3")
+    assert qwen3_decoder.supported(m.model)  # so fused=True runs sftgate.qwen3_decoder
     rng = random.Random(1)
     prompts = [[rng.randrange(0, 256) for _ in range(n)] for n in (40, 25, 33, 10, 57)]
     eos = eos_token_ids(m.tokenizer, m.model)
@@ -90,6 +95,7 @@ def test_static_decoder_equals_generate_one_by_one(max_new_tokens):
         pad_id=m.tokenizer.pad_token_id,
         cuda_graph=False,
         stop_check_every=4,
+        fused=fused,
     )
     single = [
         generate_batch(m.model, m.tokenizer, [p], max_new_tokens=max_new_tokens, eos_ids=eos)[0]
@@ -97,6 +103,18 @@ def test_static_decoder_equals_generate_one_by_one(max_new_tokens):
     ]
     assert static == single
     assert m.model.config._attn_implementation == "sdpa"  # restored after decoding
+
+
+def test_fused_decoder_only_for_plain_qwen3():
+    """A PEFT-wrapped (unmerged) model keeps transformers' forward: its LoRA layers are not plain
+    linear layers; after merging, the fused decoder applies again."""
+    from peft import LoraConfig, get_peft_model
+
+    m = load_model("tiny-qwen3")
+    peft_model = get_peft_model(m.model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    assert not qwen3_decoder.supported(peft_model)
+    assert not qwen3_decoder.supported(peft_model.base_model.model)  # LoRA layers inside
+    assert qwen3_decoder.supported(peft_model.merge_and_unload())
 
 
 def test_base_model_eval_writes_all_files(tmp_path):
