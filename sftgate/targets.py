@@ -11,7 +11,7 @@ from sftgate.textnorm import squash_ws
 ANCHOR_MAX_CHARS = 40
 
 
-def _anchor_text(quote: str) -> str:
+def anchor_text(quote: str) -> str:
     """A short verbatim span of the quote: the quote itself, or its first ANCHOR_MAX_CHARS characters."""
     return quote if len(quote) <= ANCHOR_MAX_CHARS else quote[:ANCHOR_MAX_CHARS].rstrip()
 
@@ -30,7 +30,7 @@ def reference_completion(reference: Reference, passages: Sequence[Passage]) -> s
         if source is None:
             continue
         evidence.append(quote)
-        anchors.append({"source_path": source.source_path, "text": _anchor_text(quote)})
+        anchors.append({"source_path": source.source_path, "text": anchor_text(quote)})
     obj = {
         "answer": reference.answer,
         "detailed_description": reference.detailed_description,

@@ -13,6 +13,7 @@ import unicodedata
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 _WS = re.compile(r"\s+")
+_ANY_CJK = re.compile(rf"[{_CJK}]")
 
 
 def nfkc_lower(text: str) -> str:
@@ -22,6 +23,11 @@ def nfkc_lower(text: str) -> str:
 def tokens(text: str) -> list[str]:
     """CJK characters and Latin/digit runs, after NFKC + lowercase; punctuation and spaces dropped."""
     return _TOKEN.findall(nfkc_lower(text))
+
+
+def has_cjk(text: str) -> bool:
+    """Whether the text holds a CJK character (how question sets are split into zh and en)."""
+    return _ANY_CJK.search(text) is not None
 
 
 def squash_ws(text: str) -> str:
