@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -13,7 +15,8 @@ from rich.table import Table
 
 from sftgate.config import validation_problems
 from sftgate.contexts import write_contexts
-from sftgate.errors import InputError
+from sftgate.errors import InputError, Problem
+from sftgate.fsutil import atomic_write_json, atomic_write_text
 from sftgate.hashing import short
 from sftgate.index import (
     IndexSettings,
@@ -22,6 +25,7 @@ from sftgate.index import (
     load_index,
     retrieve_contexts,
 )
+from sftgate.index.tune import CHUNK_CHARS, TOP_KS
 from sftgate.questions import load_questions
 
 
@@ -117,6 +121,133 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tune(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from sftgate.budget import budget_tokenizer
+    from sftgate.index.tune import choose, plot_tune, retrieval_block, tune
+    from sftgate.prompt import load_prompt
+    from sftgate.reach import DEFAULT_MARGIN
+    from sftgate.search import load_study_config
+
+    config = load_study_config(args.config)
+    r = config.retrieval
+    if r is None:
+        raise InputError(
+            Problem(
+                args.config,
+                "",
+                "retrieval",
+                "the study brings its own contexts files; there is no corpus to tune",
+                "add a `retrieval:` block (corpus, top_k, settings) to the study config",
+            )
+        )
+    policy = config.policy
+    max_length = args.max_length or max(policy.round0.max_length, policy.long_max_length)
+    tok = budget_tokenizer(config.model)
+    console = Console(highlight=False)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("tuning", total=None)
+        rows = tune(
+            corpus=r.corpus,
+            gate=list(load_questions(config.gate_questions)),
+            train=list(load_questions(config.train_questions)),
+            template=load_prompt(config.prompt),
+            tokenizer=tok.tokenizer,
+            base=r.settings,
+            current_top_k=r.top_k,
+            gate_score=policy.thresholds.gate_score,
+            margin=DEFAULT_MARGIN,
+            top_ks=args.top_k,
+            chunk_chars=args.chunk_chars,
+            on_setting=lambda what: bar.update(task, description=f"indexing: {what}"),
+        )
+    out = Path(args.out) if args.out else config.work / "tune"
+    best = choose(rows, max_length)
+    current = next(row for row in rows if row.current)
+    atomic_write_json(
+        out / "tune.json",
+        {
+            "max_length": max_length,
+            "tokenizer": tok.description,
+            "chosen": best.to_json() if best else None,
+            "current": current.to_json(),
+            "rows": [row.to_json() for row in rows],
+        },
+    )
+    plot = plot_tune(
+        rows, best, policy.thresholds.gate_score, DEFAULT_MARGIN, max_length, out / "tune.png"
+    )
+    console.print(_tune_table(rows, best, max_length, tok.description))
+    console.print(f"table -> {out / 'tune.json'}, plot -> {plot}")
+    if best is None:
+        console.print(
+            f"[red]no setting's p95 prompt + completion fits max_length {max_length}[/red]"
+        )
+        return 1
+    corpus = _config_relative(r.corpus, Path(args.config).resolve().parent)
+    block = retrieval_block(corpus, best, r.settings, max_length)
+    atomic_write_text(out / "retrieval.yaml", block)
+    console.print(
+        f"chosen: top_k {best.top_k}, chunk_chars {best.chunk_chars}, overlap_chars "
+        f"{best.overlap_chars}: ceiling {current.ceiling_gate:.2f} -> {best.ceiling_gate:.2f} on "
+        f"the gate set ({best.ceiling_gate - current.ceiling_gate:+.2f}), "
+        f"{current.ceiling_train:.2f} -> {best.ceiling_train:.2f} on the training slice"
+    )
+    console.print(f"paste into a new study (-> {out / 'retrieval.yaml'}):\n")
+    console.print(block, markup=False)
+    return 0
+
+
+def _config_relative(path: str, base: Path) -> str:
+    """A path as the study config would write it: relative to the config's folder when inside."""
+    try:
+        return Path(path).resolve().relative_to(base).as_posix()
+    except ValueError:
+        return path
+
+
+def _tune_table(rows: list[Any], best: Any, max_length: int, tokenizer: str) -> Table:
+    table = Table(
+        title=f"retrieval settings (p95 tokens with {tokenizer}; max_length {max_length})"
+    )
+    for col in (
+        "top_k",
+        "chunk/\noverlap",
+        "retriever",
+        "ceiling\ngate",
+        "ceiling\ntrain",
+        "context\nrecall",
+        "recall\n@k",
+        "p95\ntokens",
+        "",
+    ):
+        table.add_column(col, justify="right" if col not in ("retriever", "") else "left")
+    for row in sorted(rows, key=lambda r: (r.retriever, r.chunk_chars, r.top_k)):
+        mark = " ".join(
+            m
+            for m, on in (
+                ("chosen", row is best),
+                ("study", row.current),
+                ("too long", row.length_p95 > max_length),
+            )
+            if on
+        )
+        table.add_row(
+            str(row.top_k),
+            f"{row.chunk_chars}/{row.overlap_chars}",
+            row.retriever,
+            f"{row.ceiling_gate:.2f}",
+            f"{row.ceiling_train:.2f}",
+            "-" if row.context_recall_gate is None else f"{row.context_recall_gate:.3f}",
+            "-" if row.recall_at_k_gate is None else f"{row.recall_at_k_gate:.3f}",
+            f"{row.length_p95:.0f}",
+            mark,
+            style="bold" if row is best else None,
+        )
+    return table
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -196,3 +327,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=run_eval)
+
+    t = isub.add_parser(
+        "tune",
+        help="try top_k and chunk sizes: the retrieval with the highest ceiling that fits max_length",
+    )
+    t.add_argument("--config", required=True, help="study YAML with a `retrieval:` block")
+    t.add_argument(
+        "--max-length",
+        type=_positive_int,
+        help="token budget for p95 prompt + completion (default: the largest max_length the "
+        "study's policy can propose)",
+    )
+    t.add_argument(
+        "--top-k",
+        type=_k_list,
+        default=list(TOP_KS),
+        help=f"comma-separated top_k values (default {','.join(map(str, TOP_KS))})",
+    )
+    t.add_argument(
+        "--chunk-chars",
+        type=_k_list,
+        default=list(CHUNK_CHARS),
+        help=f"comma-separated chunk sizes, each with a fifth as overlap (default "
+        f"{','.join(map(str, CHUNK_CHARS))}); the study's own setting is always measured",
+    )
+    t.add_argument(
+        "--out", help="folder for tune.json, tune.png, retrieval.yaml (default WORKDIR/tune)"
+    )
+    t.set_defaults(func=run_tune)
