@@ -29,7 +29,7 @@ from sftgate.questions import read_json_records
 
 # Bump when a change to this module changes the chunks of some corpus: it is part of index_version.
 # tests/test_index.py pins the chunks of a small corpus to catch a change made without a bump.
-CHUNKER_VERSION = "sftgate-chunker-2"
+CHUNKER_VERSION = "sftgate-chunker-3"
 
 FORMATS = {
     ".md": "markdown",
@@ -74,8 +74,13 @@ class CorpusRecord(StrictModel):
     text: str
 
 
-def _format_of(source_path: str) -> str:
-    return FORMATS.get(PurePosixPath(source_path).suffix.lower(), "markdown")
+def _format_of(source_path: str, text: str) -> str:
+    """By suffix; reStructuredText also by content: Sphinx ships its sources as `*.rst.txt`
+    (`_sources/`), and a `.txt` file with reST section titles or directives is reST."""
+    fmt = FORMATS.get(PurePosixPath(source_path).suffix.lower(), "markdown")
+    if fmt == "text" and (source_path.lower().endswith(".rst.txt") or looks_like_rst(text)):
+        return "rst"
+    return fmt
 
 
 def _path_problem(file: str, item: str, source_path: str) -> Problem | None:
@@ -123,7 +128,8 @@ def _read_jsonl(path: Path) -> tuple[list[Document], list[Problem]]:
             problems.append(bad)
             continue
         seen[rec.source_path] = where
-        docs.append(Document(rec.source_path, normalise(rec.text), _format_of(rec.source_path)))
+        text = normalise(rec.text)
+        docs.append(Document(rec.source_path, text, _format_of(rec.source_path, text)))
     return docs, problems
 
 
@@ -167,7 +173,8 @@ def _read_folder(root: Path) -> tuple[list[Document], list[Problem], list[str]]:
                 )
             )
             continue
-        docs.append(Document(rel.as_posix(), normalise(text), fmt))
+        text = normalise(text)
+        docs.append(Document(rel.as_posix(), text, _format_of(rel.as_posix(), text)))
     return docs, problems, ignored
 
 
@@ -262,11 +269,76 @@ def html_to_text(html: str) -> str:
 
 
 _RST_ADORNMENT = re.compile(r"([=\-~^\"'`#*+:.])\1{2,}")
+# Explicit markup that only steers Sphinx's output: the line goes, an indented body stays text.
+_RST_STRUCTURAL = {
+    "only", "contents", "index", "toctree", "highlight", "code-block", "sourcecode", "code",
+    "literalinclude", "tabularcolumns", "sectionauthor", "moduleauthor", "currentmodule",
+    "testsetup", "testcleanup", "testcode", "testoutput", "doctest", "include", "raw", "meta",
+    "image", "figure", "rubric", "centered", "versionadded", "versionchanged", "deprecated",
+}  # fmt: skip
+_RST_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::(.*)$")
+_RST_EXPLICIT = re.compile(r"^\s*\.\.(\s|$)")  # comments, targets, substitution definitions
+_RST_ROLE = re.compile(r":[\w:+-]+:`([^`]+)`")
+_RST_LINK = re.compile(r"`([^`<]+?)\s*<[^`>]+>`__?|`([^`]+)`__?")
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+_RST_OPTION = re.compile(r"^\s+:[\w-]+:(\s.*)?$")
+_RST_FIELD_META = re.compile(r"^:(tocdepth|orphan|nosearch|nocomments):.*$")
+
+
+def _is_title(line: str, underline: str) -> bool:
+    """A section title: an unindented text line over an adornment line at least as long."""
+    return (
+        bool(line.strip())
+        and not line[0].isspace()
+        and not _RST_ADORNMENT.fullmatch(line.strip())
+        and _RST_ADORNMENT.fullmatch(underline) is not None
+        and len(underline) >= len(line.strip())
+    )
+
+
+def looks_like_rst(text: str) -> bool:
+    """reST by content: an underlined section title or a directive (`.. name::`)."""
+    lines = text.split("\n")
+    return any(_is_title(a, b) for a, b in zip(lines, lines[1:])) or any(
+        _RST_DIRECTIVE.match(line) for line in lines
+    )
+
+
+def rst_inline(text: str) -> str:
+    """reST inline markup as the rendered text reads: roles keep their text (`:func:`len`` ->
+    len, `:mod:`the docs <pdb>`` -> the docs, `~a.b` -> b), links their text, ``x`` -> `x`."""
+
+    def role(m: re.Match[str]) -> str:
+        body = m.group(1).strip()
+        title = re.fullmatch(r"(.+?)\s*<[^<>]+>", body, re.S)
+        if title:
+            return title.group(1)
+        body = body.lstrip("!")
+        return body.rsplit(".", 1)[-1] if body.startswith("~") else body
+
+    text = _RST_ROLE.sub(role, text)
+    text = _RST_LINK.sub(lambda m: m.group(1) or m.group(2), text)
+    text = _RST_LITERAL.sub(lambda m: f"`{m.group(1)}`", text)
+    return text
+
+
+def _rst_line(line: str) -> str | None:
+    """One body line: explicit markup dropped or reduced to its argument."""
+    directive = _RST_DIRECTIVE.match(line)
+    if directive:
+        name, argument = directive.group(1).lower(), directive.group(2).strip()
+        if name in _RST_STRUCTURAL or not argument:
+            return None
+        return argument  # `.. function:: len(s)` -> len(s); `.. note:: x` -> x
+    if _RST_EXPLICIT.match(line) or _RST_FIELD_META.match(line) or line.strip() == "::":
+        return None
+    return line[:-1] if line.endswith("::") else line  # "Example::" introduces a literal block
 
 
 def rst_to_markdown(text: str) -> str:
     """Section titles (underlined, or over- and underlined, with = - ~ ^ and the like) become '#'
-    headings; levels follow the order in which adornment styles first appear, as in docutils."""
+    headings; levels follow the order in which adornment styles first appear, as in docutils.
+    Sphinx's explicit markup and inline roles become the text a reader sees (`_rst_line`)."""
     lines = text.split("\n")
     out: list[str] = []
     styles: list[tuple[str, bool]] = []
@@ -277,22 +349,22 @@ def rst_to_markdown(text: str) -> str:
         title, style, used = None, None, 0
         if _RST_ADORNMENT.fullmatch(line.strip()) and nxt.strip() and after.strip() == line.strip():
             title, style, used = nxt.strip(), (line.strip()[0], True), 3
-        elif (
-            line.strip()
-            and not _RST_ADORNMENT.fullmatch(line.strip())
-            and _RST_ADORNMENT.fullmatch(nxt.strip())
-            and len(nxt.strip()) >= len(line.strip())
-        ):
+        elif _is_title(line, nxt.strip()):
             title, style, used = line.strip(), (nxt.strip()[0], False), 2
         if title is not None and style is not None:
             if style not in styles:
                 styles.append(style)
             out.append("#" * min(6, styles.index(style) + 1) + " " + title)
             i += used
-        else:
-            out.append(line)
-            i += 1
-    return "\n".join(out)
+            continue
+        kept = _rst_line(line)
+        if kept is not None:
+            out.append(kept)
+        i += 1
+        if _RST_DIRECTIVE.match(line):  # its options (`   :maxdepth: 2`) go with it
+            while i < len(lines) and _RST_OPTION.match(lines[i]):
+                i += 1
+    return rst_inline("\n".join(out))  # roles and links may span lines of a paragraph
 
 
 def to_markdown(doc: Document) -> str:
