@@ -13,7 +13,7 @@ from sftgate.cli import main
 from sftgate.index import IndexSettings, build_index
 from sftgate.index.tune import TuneRow, choose, retrieval_block
 from sftgate.questions import Passage, load_questions
-from sftgate.search import RetrievalConfig, load_study_config
+from sftgate.search.study import RetrievalConfig, load_study_config
 
 
 def row(top_k: int, chunk: int, train: float, p95: float, gate: float | None = None) -> TuneRow:

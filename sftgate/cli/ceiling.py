@@ -13,7 +13,8 @@ from sftgate.ceiling import KINDS
 from sftgate.hashing import short
 from sftgate.prompt import load_prompt
 from sftgate.reach import DEFAULT_MARGIN, Reach, split_passages, study_reach
-from sftgate.search import load_study_config, pin_inputs, prepare_contexts
+from sftgate.search.inputs import pin_inputs, prepare_contexts
+from sftgate.search.study import load_study_config
 
 
 def reach_of_study(config_path: str, *, margin: float = DEFAULT_MARGIN) -> Reach:

@@ -128,7 +128,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from sftgate.index.tune import choose, plot_tune, retrieval_block, tune
     from sftgate.prompt import load_prompt
     from sftgate.reach import DEFAULT_MARGIN
-    from sftgate.search import load_study_config
+    from sftgate.search.study import load_study_config
 
     config = load_study_config(args.config)
     r = config.retrieval
