@@ -20,7 +20,7 @@ import numpy as np
 from sftgate.ceiling import best_answer
 from sftgate.models import resolve_source
 from sftgate.paths import data_dir
-from sftgate.prompt import PromptTemplate, encode_prompt
+from sftgate.prompt import PromptTemplate, render_prompt
 from sftgate.questions import Passage, Question
 from sftgate.tiny import TINY_MODEL_ID, build_tiny_tokenizer, qwen3_style_tokenizer
 
@@ -104,13 +104,13 @@ def example_lengths(
     questions: Sequence[Question],
     passages: Mapping[str, Sequence[Passage]],
 ) -> list[int]:
-    """Prompt + completion + end-of-turn tokens of every question, with all its passages."""
-    out = []
-    for q in questions:
-        prompt = encode_prompt(tokenizer, template, q.question, passages[q.id])
-        completion = tokenizer(best_answer(q, passages[q.id]), add_special_tokens=False)
-        out.append(len(prompt) + len(completion["input_ids"]) + 1)
-    return out
+    """Prompt + completion + end-of-turn tokens of every question, with all its passages: the
+    prompt as `encode_prompt` tokenizes it, all texts in one batch call of the tokenizer."""
+    prompts = [render_prompt(tokenizer, template, q.question, passages[q.id]) for q in questions]
+    completions = [best_answer(q, passages[q.id]) for q in questions]
+    ids = tokenizer(prompts + completions, add_special_tokens=False)["input_ids"]
+    n = len(questions)
+    return [len(ids[i]) + len(ids[n + i]) + 1 for i in range(n)]
 
 
 def length_summary(lengths: Sequence[int], max_lengths: Sequence[int]) -> dict[str, Any]:

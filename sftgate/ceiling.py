@@ -11,6 +11,7 @@ against the reference whatever the passages) and loses its evidence and groundin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,3 +186,103 @@ def compute_ceiling(
         questions=items,
         by_kind=by_kind,
     )
+
+
+# ---------------------------------------------------------------------- the gap, explained
+
+
+def failure_kind(reason: str) -> str:
+    """A schema failure's reason without what varies between outputs: the character offset of a
+    parse error, list indexes in schema paths, and every violation after the first."""
+    first = reason.split("; ", 1)[0]
+    first = re.sub(r" at character \d+$", "", first)
+    return re.sub(r"/\d+", "/N", first)
+
+
+def _share(points: float, n: int) -> float:
+    return round(points / n, 6) if n else 0.0
+
+
+def decompose_gap(
+    *,
+    gate_score: float,
+    ceilings: Mapping[str, float],
+    evidence_retrieved: Mapping[str, bool],
+    kinds: Mapping[str, Sequence[str]],
+    scores: Mapping[str, float],
+    schema_errors: Mapping[str, str],
+) -> dict[str, Any]:
+    """Why a run's eval_score_avg is below the gate, in points of that average (docs/scoring/ceiling.md).
+
+    Per question q with ceiling c_q and score s_q, the run loses 100 - s_q = (100 - c_q) +
+    (c_q - s_q). The first part is retrieval's (its mean is 100 - ceiling). The second is
+    format's when q's output failed parse or schema (s_q = 0), else retrieval's again when q's
+    evidence was not in its passages, else the model's. So `lost` sums to 100 - eval_score_avg
+    and gate - eval_score_avg = (gate - ceiling) + lost_on_missing_evidence + format + model.
+    """
+    if set(scores) != set(ceilings):
+        raise ValueError(
+            f"decompose_gap(): the run scores {len(scores)} questions, the ceiling {len(ceilings)}"
+        )
+    ids = sorted(scores)
+    n = len(ids)
+    cls = {}
+    for q in ids:
+        if q in schema_errors:
+            cls[q] = "format"
+        elif not evidence_retrieved[q]:
+            cls[q] = "missing_evidence"
+        else:
+            cls[q] = "model"
+
+    def parts(members: Sequence[str]) -> dict[str, Any]:
+        m = len(members)
+        lost = {
+            c: sum(ceilings[q] - scores[q] for q in members if cls[q] == c) for c in cls.values()
+        }
+        return {
+            "n": m,
+            "ceiling": _share(sum(ceilings[q] for q in members), m),
+            "eval_score_avg": _share(sum(scores[q] for q in members), m),
+            "retrieval": _share(
+                sum(100 - ceilings[q] for q in members) + lost.get("missing_evidence", 0.0), m
+            ),
+            "format": _share(lost.get("format", 0.0), m),
+            "model": _share(lost.get("model", 0.0), m),
+        }
+
+    by_reason: dict[str, float] = {}
+    for q in ids:
+        if cls[q] == "format":
+            reason = failure_kind(schema_errors[q])
+            by_reason[reason] = by_reason.get(reason, 0.0) + ceilings[q] - scores[q]
+    ceiling = sum(ceilings.values()) / n
+    score = sum(scores.values()) / n
+    missing = [q for q in ids if cls[q] == "missing_evidence"]
+    lost_missing = sum(ceilings[q] - scores[q] for q in missing) / n
+    whole = parts(ids)
+    return {
+        "gate_score": gate_score,
+        "eval_score_avg": round(score, 6),
+        "ceiling": round(ceiling, 6),
+        "gap": round(gate_score - score, 6),
+        "retrieval": {
+            "gate_minus_ceiling": round(gate_score - ceiling, 6),
+            "lost_on_missing_evidence": round(lost_missing, 6),
+            "questions_missing_evidence": sum(not evidence_retrieved[q] for q in ids),
+            "points": whole["retrieval"],  # of the 100 - eval_score_avg lost
+        },
+        "format": {
+            "points": whole["format"],
+            "questions": sum(c == "format" for c in cls.values()),
+            "by_reason": {
+                r: round(p / n, 6) for r, p in sorted(by_reason.items(), key=lambda x: -x[1])
+            },
+        },
+        "model": {"points": whole["model"], "questions": sum(c == "model" for c in cls.values())},
+        "by_kind": {
+            kind: parts(members)
+            for kind in KINDS
+            if (members := [q for q in ids if kind in kinds[q]])
+        },
+    }

@@ -49,3 +49,9 @@ class MismatchError(SftgateError):
     """Two things that must agree (prompt, index, eval set, base model) do not."""
 
     exit_code = 2
+
+
+class UnreachableGate(SftgateError):
+    """The study's ceiling is below its gate plus margin: not even a perfect answer passes."""
+
+    exit_code = 2

@@ -405,7 +405,9 @@ def test_plan_cli_same_decisions(tmp_path, capsys):
             "selected_run",
             "reason",
             "recommendations",
+            "gap",
         }
+        assert out["gap"] is None  # these histories carry no ceiling
     path.write_text(
         json.dumps({"rounds": [], "thresholds": {"smoke_schema": 0.1, "nope": 1}}), encoding="utf-8"
     )

@@ -11,31 +11,9 @@ from rich.table import Table
 
 from sftgate.ceiling import KINDS
 from sftgate.hashing import short
-from sftgate.prompt import load_prompt
-from sftgate.reach import DEFAULT_MARGIN, Reach, split_passages, study_reach
-from sftgate.search.inputs import pin_inputs, prepare_contexts
+from sftgate.reach import Reach
+from sftgate.search.inputs import measure_reach, pin_inputs, prepare_contexts
 from sftgate.search.study import load_study_config
-
-
-def reach_of_study(config_path: str, *, margin: float = DEFAULT_MARGIN) -> Reach:
-    """Build or reuse the study's index and contexts files (as `sftgate search` does), then
-    measure the ceiling and the token budget."""
-    config = load_study_config(config_path)
-    inputs = pin_inputs(config)
-    prepare_contexts(config, inputs)
-    policy = config.policy
-    max_lengths = {policy.round0.max_length, policy.long_max_length}
-    max_lengths |= {int(c["max_length"]) for c in policy.round1 if "max_length" in c}
-    return study_reach(
-        model_id=config.model,
-        template=load_prompt(config.prompt),
-        sets=inputs.sets,
-        passages=split_passages(inputs.sets, inputs.contexts),
-        index_version=inputs.pins["index_version"],
-        gate_score=policy.thresholds.gate_score,
-        margin=margin,
-        max_lengths=sorted(max_lengths),
-    )
 
 
 def print_reach(reach: Reach, console: Console) -> None:
@@ -89,7 +67,10 @@ def print_reach(reach: Reach, console: Console) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json:
         get_console().stderr = True  # index building messages stay off the JSON
-    reach = reach_of_study(args.config)
+    config = load_study_config(args.config)
+    inputs = pin_inputs(config)
+    prepare_contexts(config, inputs)  # the study's own index and contexts, built or reused
+    reach = measure_reach(config, inputs)
     if args.json:
         print(json.dumps(reach.to_json(), indent=2, ensure_ascii=False))
     else:

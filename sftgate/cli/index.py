@@ -127,7 +127,6 @@ def run_tune(args: argparse.Namespace) -> int:
     from sftgate.budget import budget_tokenizer
     from sftgate.index.tune import choose, plot_tune, retrieval_block, tune
     from sftgate.prompt import load_prompt
-    from sftgate.reach import DEFAULT_MARGIN
     from sftgate.search.study import load_study_config
 
     config = load_study_config(args.config)
@@ -157,7 +156,7 @@ def run_tune(args: argparse.Namespace) -> int:
             base=r.settings,
             current_top_k=r.top_k,
             gate_score=policy.thresholds.gate_score,
-            margin=DEFAULT_MARGIN,
+            margin=policy.thresholds.margin,
             top_ks=args.top_k,
             chunk_chars=args.chunk_chars,
             on_setting=lambda what: bar.update(task, description=f"indexing: {what}"),
@@ -176,7 +175,12 @@ def run_tune(args: argparse.Namespace) -> int:
         },
     )
     plot = plot_tune(
-        rows, best, policy.thresholds.gate_score, DEFAULT_MARGIN, max_length, out / "tune.png"
+        rows,
+        best,
+        policy.thresholds.gate_score,
+        policy.thresholds.margin,
+        max_length,
+        out / "tune.png",
     )
     console.print(_tune_table(rows, best, max_length, tok.description))
     console.print(f"table -> {out / 'tune.json'}, plot -> {plot}")

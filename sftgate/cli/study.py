@@ -18,7 +18,8 @@ from sftgate.errors import InputError, Problem
 from sftgate.paths import data_dir
 from sftgate.preflight import check_registry_file
 from sftgate.scoring import paired_comparison
-from sftgate.search import SearchResult, search
+from sftgate.search import SearchResult, history, search
+from sftgate.search.planner import Policy, run_gap
 from sftgate.search.registry import Registry, RunState, Study, comparable, default_path
 from sftgate.search.report import write_report
 
@@ -120,6 +121,13 @@ def run_demo(args: argparse.Namespace) -> int:
     with quiet_libraries():
         result = search(DEMO_CONFIG, overrides=demo_overrides())
     code = print_result(result)
+    reach = result.study.reach or {}
+    Console().print(
+        f"\nThe demo's retrieval (one passage per question) has a ceiling of "
+        f"{reach.get('ceiling', float('nan')):.2f}: below the gate, so not even a perfect model "
+        "could pass; its policy sets allow_unreachable: true so that the search goes on to show "
+        "the flow."
+    )
     Console().print(
         "\nThe demo ran tiny-qwen3, a random model: it shows the flow and is not expected to pass "
         "the gate. Run `sftgate demo` again and the finished study is not redone (`--fresh` starts "
@@ -175,6 +183,10 @@ def run_show(args: argparse.Namespace) -> int:
                     str(reg.path), args.run, "run", "no such run", "list them with `sftgate runs`"
                 )
             )
+        study = next((s for s in reg.studies() if s.id == r["study_id"]), None)
+        if study is not None and study.reach is not None:
+            gate = Policy.model_validate(study.config.get("policy", {})).thresholds.gate_score
+            r["gap"] = run_gap(history(reg, study), r["id"], gate)
     print(json.dumps(r, indent=2, ensure_ascii=False, default=str))
     return 0
 

@@ -19,13 +19,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from sftgate.errors import SftgateError
+from sftgate.errors import SftgateError, UnreachableGate
 from sftgate.params import TrainParams
 from sftgate.search.executors import Executor, open_executor
-from sftgate.search.inputs import Inputs, pin_inputs, pinned_copies, prepare_contexts
+from sftgate.search.inputs import (
+    Inputs,
+    measure_reach,
+    pin_inputs,
+    pinned_copies,
+    prepare_contexts,
+)
 from sftgate.search.lease import HeldLease
 from sftgate.search.live import LiveView, console
-from sftgate.search.planner import Decision, History, Policy, RoundRecord, RunRecord, plan_next
+from sftgate.search.planner import (
+    Decision,
+    History,
+    Policy,
+    QuestionFacts,
+    ReachFacts,
+    RetrievalOption,
+    RoundRecord,
+    RunRecord,
+    plan_next,
+)
 from sftgate.search.registry import Registry, RunState, Study
 from sftgate.search.runner import RunOutcome, RunSpec
 from sftgate.search.study import StudyConfig, load_study_config
@@ -108,6 +124,26 @@ def record_outcome(
     )
 
 
+def reach_facts(reach: dict[str, Any] | None) -> ReachFacts | None:
+    """The planner's view of the ceiling stored with the study (`Reach.to_json()`)."""
+    if reach is None:
+        return None
+    return ReachFacts(
+        ceiling=reach["ceiling"],
+        context_recall=reach["context_recall"],
+        top_k=reach["top_k"],
+        questions={
+            q["id"]: QuestionFacts(
+                ceiling=q["ceiling"],
+                evidence_retrieved=q["evidence_missing"] == 0,
+                kinds=q["kinds"],
+            )
+            for q in reach["questions"]
+        },
+        options=[RetrievalOption(**o) for o in reach["options"]],
+    )
+
+
 def history(reg: Registry, study: Study) -> History:
     """The planner's view of the study, from the registry alone."""
     rounds: dict[int, list[RunRecord]] = {}
@@ -123,6 +159,7 @@ def history(reg: Registry, study: Study) -> History:
                 status=r.state.value,
                 metrics=r.metrics,
                 per_question={s.id: s.eval_score for s in scores} or None,
+                schema_errors={s.id: s.schema_error or "" for s in scores if not s.schema_ok},
                 failure=r.failure,
                 curve=reg.curve(r.id) if r.state is RunState.DONE else [],
                 seconds=(r.train_s or 0.0) + (r.eval_s or 0.0),
@@ -138,6 +175,8 @@ def history(reg: Registry, study: Study) -> History:
         rounds=[RoundRecord(round=k, runs=v) for k, v in sorted(rounds.items())],
         full_eval_run=full_done,
         full_eval_failures=full_failed,
+        ceiling=study.reach["ceiling"] if study.reach else None,
+        reach=reach_facts(study.reach),
     )
 
 
@@ -329,6 +368,45 @@ def drive(
     raise SftgateError(f"the search loop did not finish in {max_steps_of_the_loop} steps")
 
 
+def check_reach(
+    reg: Registry, study: Study, config: StudyConfig, inputs: Inputs, config_path: str | Path
+) -> Study:
+    """Measure the ceiling once and store it with the study; refuse an unreachable study before
+    any GPU work unless policy.allow_unreachable (which is recorded with it)."""
+    reach = study.reach
+    if reach is None:
+        console.print("measuring the ceiling of the gate set (`sftgate ceiling`)")
+        reach = measure_reach(config, inputs).to_json()
+    ceiling, gate, margin = reach["ceiling"], reach["gate_score"], reach["margin"]
+    summary = (
+        f"ceiling {ceiling:.2f} on the gate set, gate {gate:g} + margin {margin:g} "
+        f"(context_recall {fmt_recall(reach['context_recall'])}, "
+        f"{reach['questions_missing_evidence']} of {reach['n']} gate questions miss some evidence)"
+    )
+    if not reach["reachable"]:
+        if not config.policy.allow_unreachable:
+            reg.set_study_reach(study.id, reach)
+            raise UnreachableGate(
+                f"study {study.name} cannot pass its gate: {summary}; not even a perfect answer "
+                f"passes. Run `sftgate index tune --config {config_path}` for a retrieval with a "
+                "higher ceiling that fits max_length and use it in a new study, or set "
+                "policy.allow_unreachable: true to search anyway"
+            )
+        reach = {**reach, "allowed_unreachable": True}
+        console.print(
+            f"[yellow]not reachable, searching anyway (policy.allow_unreachable): {summary}[/yellow]"
+        )
+    else:
+        console.print(f"reachable: {summary}")
+    if reach != study.reach:
+        reg.set_study_reach(study.id, reach)
+    return reg.study(study.name) or study
+
+
+def fmt_recall(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 @dataclass(frozen=True)
 class SearchResult:
     study: Study
@@ -374,6 +452,7 @@ def search(
             config.name, inputs.pins, str(config_path), config.model_dump(mode="json")
         )
         prepare_contexts(config, inputs)
+        study = check_reach(reg, study, config, inputs, config_path)
         pinned, inputs = pinned_copies(config, inputs)
         executor = executor or open_executor(config.executor)
         console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")

@@ -24,6 +24,7 @@ from sftgate.index import (
 )
 from sftgate.prompt import load_prompt
 from sftgate.questions import QuestionSet, load_questions
+from sftgate.reach import Reach, split_passages, study_reach
 from sftgate.search.study import ContextFiles, RetrievalConfig, StudyConfig
 
 console = get_console()
@@ -184,3 +185,24 @@ def pinned_copies(config: StudyConfig, inputs: Inputs) -> tuple[StudyConfig, Inp
         update["contexts"] = ContextFiles(**{s: str(copies[f"contexts_{s}"]) for s in SPLITS})
         contexts = {s: copies[f"contexts_{s}"] for s in SPLITS}
     return config.model_copy(update=update), replace(inputs, contexts=contexts)
+
+
+def measure_reach(config: StudyConfig, inputs: Inputs) -> Reach:
+    """The study's ceiling on the gate set and its token budget (`sftgate ceiling`), from the
+    contexts `prepare_contexts` froze; with a retrieval, also at a few larger top_k."""
+    policy = config.policy
+    max_lengths = {policy.round0.max_length, policy.long_max_length}
+    max_lengths |= {int(c["max_length"]) for c in policy.round1 if "max_length" in c}
+    r = config.retrieval
+    return study_reach(
+        model_id=config.model,
+        template=load_prompt(config.prompt),
+        sets=inputs.sets,
+        passages=split_passages(inputs.sets, inputs.contexts),
+        index_version=inputs.pins["index_version"],
+        gate_score=policy.thresholds.gate_score,
+        margin=policy.thresholds.margin,
+        max_lengths=sorted(max_lengths),
+        index=load_index(config.work / "index") if r else None,
+        top_k=r.top_k if r else None,
+    )

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from sftgate.ceiling import decompose_gap
 from sftgate.config import ADDED, StrictModel
 from sftgate.params import SEED_PARAM_NAMES, TrainParams
 from sftgate.scoring import Metrics, paired_difference
@@ -135,6 +136,13 @@ class Policy(StrictModel):
             data = {"checkpoints": [0.25, 0.5, 0.75], **data}
         return data
 
+    allow_unreachable: bool = Field(
+        False,
+        description="search even when the ceiling is below gate_score + thresholds.margin (the "
+        "search refuses such a study before round 0 otherwise); recorded with the study, not pinned",
+        json_schema_extra=ADDED,
+    )
+
     @model_validator(mode="after")
     def _round1_reasons_match(self) -> Policy:
         if len(self.round1) != len(self.round1_reasons):
@@ -178,6 +186,7 @@ class RunRecord(BaseModel):
     status: Literal["done", "failed"]
     metrics: Metrics | None = None  # None for a failed run
     per_question: dict[str, float] | None = None  # id -> eval_score, for the paired comparison
+    schema_errors: dict[str, str] | None = None  # id -> why its output failed parse or schema
     failure: str | None = None
     curve: list[CurvePoint] = Field(
         default_factory=list, description="checkpoints before the end, by step"
@@ -218,6 +227,38 @@ class RoundRecord(BaseModel):
     runs: list[RunRecord]
 
 
+class QuestionFacts(BaseModel):
+    """One gate question's ceiling (docs/scoring/ceiling.md) under the study's retrieval."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ceiling: float
+    evidence_retrieved: bool
+    kinds: list[str]
+
+
+class RetrievalOption(BaseModel):
+    """Another top_k on the study's index: its gate ceiling and p95 prompt + completion tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_k: int
+    ceiling: float
+    length_p95: float
+
+
+class ReachFacts(BaseModel):
+    """The study's ceiling on the gate set, measured before round 0 and stored with the study."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ceiling: float
+    context_recall: float | None
+    top_k: int | None  # the study's; None with contexts files of its own
+    questions: dict[str, QuestionFacts]
+    options: list[RetrievalOption] = Field(default_factory=list)
+
+
 class History(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -228,6 +269,9 @@ class History(BaseModel):
     )
     ceiling: float | None = Field(
         None, description="the best gate score the study's retrieval allows (`sftgate ceiling`)"
+    )
+    reach: ReachFacts | None = Field(
+        None, description="the study's ceiling; stop decisions then explain the gap with it"
     )
 
 
@@ -250,6 +294,11 @@ class Decision(BaseModel):
     selected_run: str | None = None
     reason: str
     recommendations: list[str] = Field(default_factory=list)
+    gap: dict[str, Any] | None = Field(
+        None,
+        description="a stop's gate - eval_score_avg of the selected run, decomposed into "
+        "retrieval, format and model (sftgate.ceiling.decompose_gap)",
+    )
 
 
 PROMPT_ADVICE = [
@@ -376,12 +425,17 @@ def round2_configs(
 
 
 def plan_next(history: History, policy: Policy | None = None) -> Decision:
-    """The seed's rules in order; the first that applies decides (README, "Planner rules")."""
+    """The seed's rules in order; the first that applies decides (README, "Planner rules").
+    A stop is explained: the gap of its selected run and the recommendations ranked by it."""
     policy = policy or Policy()
     if policy.kind == "adaptive":
         from sftgate.search.adaptive import plan_adaptive
 
-        return plan_adaptive(history, policy)
+        return explain_stop(plan_adaptive(history, policy), history, policy)
+    return explain_stop(seed_rules(history, policy), history, policy)
+
+
+def seed_rules(history: History, policy: Policy) -> Decision:
     rounds = sorted(history.rounds, key=lambda r: r.round)
     opening = first_rounds(rounds, policy)
     if opening is not None:
@@ -555,3 +609,88 @@ def next_small_steps(
         reason=f"best so far: {why}",
         recommendations=recs,
     )
+
+
+# ---------------------------------------------------------------------- the gap, explained
+
+
+def _find_run(history: History, run_id: str | None) -> RunRecord | None:
+    return next((r for rd in history.rounds for r in rd.runs if r.run_id == run_id), None)
+
+
+def run_gap(history: History, run_id: str | None, gate_score: float) -> dict[str, Any] | None:
+    """The gap decomposition of one scored run (None without a ceiling or per-question scores)."""
+    reach, run = history.reach, _find_run(history, run_id)
+    if reach is None or run is None or not run.per_question:
+        return None
+    if set(run.per_question) != set(reach.questions):
+        return None  # scored on other questions than the ceiling (a hand-made history)
+    return decompose_gap(
+        gate_score=gate_score,
+        ceilings={q: f.ceiling for q, f in reach.questions.items()},
+        evidence_retrieved={q: f.evidence_retrieved for q, f in reach.questions.items()},
+        kinds={q: f.kinds for q, f in reach.questions.items()},
+        scores=run.per_question,
+        schema_errors=run.schema_errors or {},
+    )
+
+
+def explain_stop(decision: Decision, history: History, policy: Policy) -> Decision:
+    """A stop with a scored selected run and a known ceiling gets the gap decomposition, and the
+    seed's generic recommendations become ranked ones with their numbers and next steps."""
+    t = policy.thresholds
+    gap = (
+        run_gap(history, decision.selected_run, t.gate_score) if decision.action == "stop" else None
+    )
+    if gap is None or history.reach is None:
+        return decision
+    run = _find_run(history, decision.selected_run)
+    if run is not None and t.passes_gate(run.metrics):
+        return decision.model_copy(update={"gap": gap})
+    generic = set(PROMPT_ADVICE + RETRIEVAL_ADVICE)
+    others = [r for r in decision.recommendations if r not in generic]
+    ranked = ranked_recommendations(gap, history.reach, policy)
+    return decision.model_copy(update={"gap": gap, "recommendations": ranked + others})
+
+
+def _needed_max_length(tokens: float, policy: Policy) -> str:
+    fits = sorted(m for m in (policy.round0.max_length, policy.long_max_length) if m >= tokens)
+    return f"max_length {fits[0]}" if fits else f"max_length above {tokens:,.0f}"
+
+
+def ranked_recommendations(gap: dict[str, Any], reach: ReachFacts, policy: Policy) -> list[str]:
+    """Retrieval, format and model advice, most points lost first, each with its numbers."""
+    r, f, m = gap["retrieval"], gap["format"], gap["model"]
+    better = [o for o in reach.options if o.ceiling > reach.ceiling]
+    step = "`sftgate index tune --config STUDY.yaml` tries top_k and chunk sizes"
+    if better:
+        o = max(better, key=lambda o: o.ceiling)
+        step = (
+            f"top_k {o.top_k} raises the ceiling from {reach.ceiling:.1f} to {o.ceiling:.1f} "
+            f"(p95 prompt + completion {o.length_p95:,.0f} tokens: needs "
+            f"{_needed_max_length(o.length_p95, policy)}); " + step
+        )
+    retrieval = (
+        f"Retrieval ({r['points']:.1f} points): {r['questions_missing_evidence']} of "
+        f"{len(reach.questions)} gate questions miss some evidence in their passages (ceiling "
+        f"{reach.ceiling:.2f}, {r['gate_minus_ceiling']:+.2f} from the gate; "
+        f"{r['lost_on_missing_evidence']:.1f} more points lost on those questions); {step} "
+        "(a new retrieval is a new study)."
+    )
+    if f["questions"]:
+        reason, points = next(iter(f["by_reason"].items()))
+        form = (
+            f"Format ({f['points']:.1f} points): {f['questions']} output(s) failed parse or "
+            f"schema, most with {reason!r} ({points:.1f} points). " + PROMPT_ADVICE[0]
+        )
+    else:
+        form = "Format (0.0 points): every output parsed and passed the schema."
+    model = (
+        f"Model ({m['points']:.1f} points) on {m['questions']} questions whose evidence was "
+        f"retrieved and whose output parsed: train longer or slightly hotter (max_steps + "
+        f"{policy.steps_delta}, lr + {policy.lr_delta:g}) or start from a stronger base model."
+    )
+    ranked = sorted(
+        [(r["points"], retrieval), (f["points"], form), (m["points"], model)], key=lambda x: -x[0]
+    )
+    return [text for _, text in ranked]

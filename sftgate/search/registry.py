@@ -162,6 +162,10 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE runs ADD COLUMN environment_failure TEXT;
     """,
+    # 6: the study's ceiling and token budget (`sftgate ceiling`), measured before round 0
+    """
+    ALTER TABLE studies ADD COLUMN reach_json TEXT;
+    """,
 ]
 
 PIN_KEYS = (
@@ -239,6 +243,7 @@ class Study:
     config: dict[str, Any]
     status: str
     created_at: str
+    reach: dict[str, Any] | None = None  # sftgate.reach.Reach.to_json(), with per-question rows
 
     @property
     def round0(self) -> TrainParams:
@@ -375,6 +380,7 @@ class Registry:
             json.loads(row["config_json"]),
             row["status"],
             row["created_at"],
+            json.loads(row["reach_json"]) if row["reach_json"] else None,
         )
 
     def studies(self) -> list[Study]:
@@ -413,6 +419,13 @@ class Registry:
         study = self.study(name)
         assert study is not None
         return study, True
+
+    def set_study_reach(self, study_id: str, reach: Mapping[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE studies SET reach_json = ? WHERE id = ?",
+                (json.dumps(dict(reach), ensure_ascii=False), study_id),
+            )
 
     def set_study_status(self, study_id: str, status: str) -> None:
         with self.tx() as db:

@@ -59,12 +59,15 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
         blocks.append(Block("p", f"**Note.** {note}"))
     final = decisions[-1] if decisions else None
     blocks += verdict(study, runs, final, thresholds)
+    blocks += reach_blocks(study, final)
     blocks += pins_and_provenance(study, runs)
     for round_ in sorted({r.round for r in runs}):
         blocks += round_blocks(round_, [r for r in runs if r.round == round_])
     if image_dir is not None and any(r.metrics is not None for r in runs):
         blocks.append(Block("h2", "Plots"))
-        blocks += [Block("image", name) for name in plot(runs, thresholds.gate_score, image_dir)]
+        ceiling = (study.reach["ceiling"], study.reach["ceiling_ci95"]) if study.reach else None
+        images = plot(runs, thresholds.gate_score, image_dir, ceiling)
+        blocks += [Block("image", name) for name in images]
         curves = {r.id: reg.curve(r.id) for r in runs if r.metrics is not None}
         if any(curves.values()):
             blocks.append(Block("h2", "Learning curves"))
@@ -128,6 +131,50 @@ def verdict(
         blocks.append(Block("p", f"{final['action']} (round {final['round']}): {final['reason']}"))
         if final.get("recommendations"):
             blocks.append(Block("list", final["recommendations"]))
+    return blocks
+
+
+def reach_blocks(study: Study, final: dict[str, Any] | None) -> list[Block]:
+    """The ceiling measured before round 0, and the final decision's gap decomposition."""
+    reach = study.reach
+    if reach is None:
+        return []
+    lo, hi = reach["ceiling_ci95"]
+    verdict = "reachable" if reach["reachable"] else "**not reachable**"
+    text = (
+        f"Ceiling {reach['ceiling']:.2f} (95% CI {lo:.2f}–{hi:.2f}): the best score a perfect answer "
+        f"gets from the frozen passages (docs/scoring/ceiling.md); context_recall "
+        f"{fmt(reach['context_recall'])}, {reach['questions_missing_evidence']} of {reach['n']} gate "
+        f"questions miss some evidence. Gate {reach['gate_score']:g} + margin {reach['margin']:g}: "
+        f"{verdict}."
+    )
+    if reach.get("allowed_unreachable"):
+        text += " The search ran anyway: `policy.allow_unreachable: true` (recorded)."
+    blocks = [Block("h2", "Is the gate reachable?"), Block("p", text)]
+    gap = final.get("gap") if final else None
+    if final is not None and gap:
+        r, f, m = gap["retrieval"], gap["format"], gap["model"]
+        blocks.append(
+            Block(
+                "p",
+                f"**The gap** of `{final['selected_run']}` (final decision): gate "
+                f"{gap['gate_score']:g} − eval_score_avg {gap['eval_score_avg']:.2f} = "
+                f"{gap['gap']:.2f} points = gate − ceiling {r['gate_minus_ceiling']:+.2f} + points "
+                f"lost on questions missing evidence {r['lost_on_missing_evidence']:.2f} + format "
+                f"{f['points']:.2f} + model {m['points']:.2f}. Points lost of 100: retrieval "
+                f"{r['points']:.2f}, format {f['points']:.2f} ({f['questions']} questions), model "
+                f"{m['points']:.2f} ({m['questions']} questions).",
+            )
+        )
+        if f["by_reason"]:
+            rows = [[f"`{reason}`", f"{p:.2f}"] for reason, p in f["by_reason"].items()]
+            blocks.append(Block("table", (["format failure", "points"], rows)))
+        header = ["kind", "questions", "ceiling", "eval_score_avg", "retrieval", "format", "model"]
+        rows = [
+            [k, str(v["n"]), *(f"{v[c]:.2f}" for c in header[2:])]
+            for k, v in gap["by_kind"].items()
+        ]
+        blocks.append(Block("table", (header, rows)))
     return blocks
 
 
@@ -268,7 +315,12 @@ def curve_plots(
     return names
 
 
-def plot(runs: Sequence[Run], gate_score: float, out_dir: Path) -> list[str]:
+def plot(
+    runs: Sequence[Run],
+    gate_score: float,
+    out_dir: Path,
+    ceiling: tuple[float, Sequence[float]] | None = None,
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,7 +373,22 @@ def plot(runs: Sequence[Run], gate_score: float, out_dir: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out_dir / "best_by_round.png", dpi=110)
     plt.close(fig)
-    return ["metrics_per_run.png", "best_by_round.png"]
+    if ceiling is None:
+        return ["metrics_per_run.png", "best_by_round.png"]
+    value, (lo, hi) = ceiling
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.plot(labels, scores, marker="o", linestyle="none", color="#4c72b0", label="eval_score_avg")
+    ax.axhspan(lo, hi, color="#55a868", alpha=0.2)
+    ax.axhline(value, color="#55a868", label=f"ceiling {value:.2f} (95% CI band)")
+    ax.axhline(gate_score, color="#c44e52", linestyle="--", label=f"gate {gate_score}")
+    ax.set_ylim(0, 100)
+    ax.set_title("runs against the ceiling and the gate")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "scores_vs_ceiling.png", dpi=110)
+    plt.close(fig)
+    return ["metrics_per_run.png", "best_by_round.png", "scores_vs_ceiling.png"]
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:

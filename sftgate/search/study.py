@@ -108,7 +108,8 @@ class StudyConfig(StrictModel):
         """Hashes of the settings that change results (not names, paths or notes): a study
         resumed with other settings would mix runs that are not comparable."""
         sections: dict[str, Any] = {
-            "policy": pin_view(self.policy),
+            # allow_unreachable changes no result: a study may be resumed with it set.
+            "policy": {k: v for k, v in pin_view(self.policy).items() if k != "allow_unreachable"},
             "decode": pin_view(self.decode),
             "training": {
                 "quantization": self.quantization,
