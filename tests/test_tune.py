@@ -11,7 +11,7 @@ from conftest import REPO
 from sftgate.ceiling import compute_ceiling
 from sftgate.cli import main
 from sftgate.index import IndexSettings, build_index
-from sftgate.index.tune import TuneRow, choose, retrieval_block
+from sftgate.index.tune import TuneRow, choose, grid_settings, retrieval_block, retrievers_for
 from sftgate.questions import Passage, load_questions
 from sftgate.search.study import RetrievalConfig, load_study_config
 
@@ -71,6 +71,22 @@ def test_retrieval_block_is_a_valid_retrieval_config():
     r = RetrievalConfig.model_validate(parsed)
     assert (r.top_k, r.settings.chunk_chars, r.settings.overlap_chars) == (6, 400, 80)
     assert "ceiling 97.68" in block and "within max_length 1536" in block
+
+
+def test_grid_settings_keep_the_embedding_model_only_where_it_is_used():
+    base = IndexSettings(retriever="hybrid", embedding_model="some/model", k1=1.2)
+    assert retrievers_for(base) == ("bm25", "hybrid") and retrievers_for(IndexSettings()) == (
+        "bm25",
+    )
+    bm25 = grid_settings(base, 300, 60, "bm25")
+    assert (bm25.retriever, bm25.embedding_model, bm25.k1, bm25.chunk_chars) == (
+        "bm25",
+        None,
+        1.2,
+        300,
+    )
+    hybrid = grid_settings(base, 400, 80, "hybrid")
+    assert (hybrid.embedding_model, hybrid.overlap_chars) == ("some/model", 80)
 
 
 def test_tune_command_writes_table_plot_and_block(tmp_path, capsys):

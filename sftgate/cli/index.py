@@ -125,7 +125,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from sftgate.budget import budget_tokenizer
-    from sftgate.index.tune import choose, plot_tune, retrieval_block, tune
+    from sftgate.index.tune import choose, plot_tune, retrieval_block, retrievers_for, tune
     from sftgate.prompt import load_prompt
     from sftgate.search.study import load_study_config
 
@@ -159,6 +159,7 @@ def run_tune(args: argparse.Namespace) -> int:
             margin=policy.thresholds.margin,
             top_ks=args.top_k,
             chunk_chars=args.chunk_chars,
+            retrievers=retrievers_for(r.settings),
             on_setting=lambda what: bar.update(task, description=f"indexing: {what}"),
         )
     out = Path(args.out) if args.out else config.work / "tune"

@@ -57,6 +57,27 @@ def overlap_for(chunk_chars: int) -> int:
     return chunk_chars // 5
 
 
+def retrievers_for(base: IndexSettings) -> tuple[str, ...]:
+    """BM25 always; hybrid too where the study names an embedding model."""
+    return ("bm25", "hybrid") if base.embedding_model else ("bm25",)
+
+
+def grid_settings(base: IndexSettings, chars: int, overlap: int, retriever: str) -> IndexSettings:
+    """One grid point: the study's settings with this chunking and retriever (BM25 without the
+    embedding model, which only dense and hybrid use)."""
+    update: dict[str, Any] = {
+        "chunk_chars": chars,
+        "overlap_chars": overlap,
+        "retriever": retriever,
+    }
+    if retriever == "bm25":
+        update["embedding_model"] = None
+    try:
+        return IndexSettings.model_validate(base.model_dump() | update)
+    except ValidationError as e:
+        raise InputError(validation_problems(e, "index tune", item=str(update))) from None
+
+
 def choose(rows: Sequence[TuneRow], max_length: int) -> TuneRow | None:
     """The setting with the highest training-slice ceiling whose p95 prompt + completion length
     fits max_length; ties go to the shorter prompts, then the fewer passages. None if none fits."""
@@ -105,11 +126,7 @@ def tune(
         for n, (chars, overlap, retriever) in enumerate(sorted(chunkings)):
             if on_setting:
                 on_setting(f"chunk_chars {chars}, overlap {overlap}, {retriever}")
-            update = {"chunk_chars": chars, "overlap_chars": overlap, "retriever": retriever}
-            try:
-                settings = IndexSettings.model_validate(base.model_dump() | update)
-            except ValidationError as e:
-                raise InputError(validation_problems(e, "index tune", item=str(update))) from None
+            settings = grid_settings(base, chars, overlap, retriever)
             index, _ = build_index(corpus, Path(tmp) / f"index-{n}", settings)
             sets = {"gate": list(gate), "train": train_slice}
             ranked = {
