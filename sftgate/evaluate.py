@@ -6,19 +6,29 @@ the same command skips the finished batches and ends with the same files.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from sftgate.artifacts import (
+    EvalResult,
+    appending_predictions,
+    finish_evaluation,
+    quantization_label,
+    read_adapter_metadata,
+    read_done_predictions,
+    start_evaluation,
+    trained_4bit,
+    write_predictions,
+    write_score_outputs,
+)
 from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, MismatchError, Problem
-from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
 from sftgate.generate import (
     Engine,
     Generation,
@@ -30,12 +40,7 @@ from sftgate.models import LoadedModel, Quantization, eos_token_ids, load_model
 from sftgate.prompt import DEFAULT_PROMPT, encode_prompt, load_prompt
 from sftgate.provenance import provenance
 from sftgate.questions import load_questions
-from sftgate.scoring import score_predictions, write_score_outputs
-from sftgate.train import read_adapter_metadata
-
-PREDICTIONS = "predictions.jsonl"
-PARTIAL_META = "eval_meta.partial.json"
-META = "eval_meta.json"
+from sftgate.scoring import score_predictions
 
 
 class DecodeSettings(StrictModel):
@@ -80,13 +85,6 @@ class EvalConfig(StrictModel):
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    out_dir: Path
-    metrics: dict[str, Any]
-    meta: dict[str, Any]
-
-
 def check_adapter(
     adapter_meta: dict[str, Any], *, model_id: str, prompt_sha256: str, index_version: str
 ) -> list[str]:
@@ -115,9 +113,9 @@ def load_for_eval(
     """
     from peft import PeftModel
 
-    trained_4bit = bool(adapter_meta and adapter_meta.get("quantization") == "nf4-double-quant")
+    base_4bit = trained_4bit(adapter_meta)
     loaded = load_model(
-        model_id, quantization="4bit" if trained_4bit else ("none" if adapter else quantization)
+        model_id, quantization="4bit" if base_4bit else ("none" if adapter else quantization)
     )
     if adapter is None:
         return loaded
@@ -129,18 +127,6 @@ def load_for_eval(
         model = model.merge_and_unload()
     model.eval()
     return replace(loaded, model=model, quantized_4bit=loaded.quantized_4bit and not merged)
-
-
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Predictions already written; a trailing partial line (a kill mid-write) is cut off."""
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        path.write_bytes(raw)
-    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-    return {r["id"]: r for r in rows}
 
 
 def evaluate(
@@ -202,26 +188,7 @@ def evaluate(
         },
     }
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / PARTIAL_META
-    if partial.exists():
-        previous = json.loads(partial.read_text(encoding="utf-8"))
-        if previous != identity:
-            diff = [k for k in identity if previous.get(k) != identity[k]]
-            raise MismatchError(
-                f"{out} holds a partial evaluation with other settings ({', '.join(diff)}); use another --out or delete it"
-            )
-    elif (out / PREDICTIONS).exists():
-        raise InputError(
-            Problem(
-                str(out),
-                "",
-                PREDICTIONS,
-                "the folder holds predictions from another evaluation",
-                "use another --out",
-            )
-        )
-    atomic_write_json(partial, identity)
+    start_evaluation(out, identity)
 
     loaded = load_for_eval(
         config.model,
@@ -241,8 +208,7 @@ def evaluate(
     eos = eos_token_ids(tokenizer, model)
     prompts = [encode_prompt(tokenizer, template, q.question, passages[q.id]) for q in questions]
     ids = [q.id for q in questions]
-    pred_path = out / PREDICTIONS
-    done = _read_done(pred_path)
+    done = read_done_predictions(out)
     total_batches = len(length_batches([len(p) for p in prompts], d.batch_size))
     if loaded.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -258,7 +224,7 @@ def evaluate(
     ]
     with (
         Progress(*columns, disable=not progress) as bar,
-        open(pred_path, "a", encoding="utf-8") as f,
+        appending_predictions(out) as append,
     ):
         task = bar.add_task("eval", total=len(ids), completed=len(done))
         batches = (
@@ -280,10 +246,7 @@ def evaluate(
         )
         for gens in batches:
             fresh = [g for g in gens if ids[g.index] not in done]
-            f.write(
-                "".join(json.dumps(row(ids[g.index], g), ensure_ascii=False) + "\n" for g in fresh)
-            )
-            f.flush()
+            append([row(ids[g.index], g) for g in fresh])
             new_tokens += sum(len(g.token_ids) for g in gens)
             for g in fresh:
                 done[ids[g.index]] = row(ids[g.index], g)
@@ -296,13 +259,13 @@ def evaluate(
     if config.adapter is not None and d.merge and d.merge_check_questions:
         merge_check = merge_agreement(config, adapter_meta, model, prompts, eos)
     rows = [done[i] for i in ids]
-    atomic_write_jsonl(pred_path, rows)  # question order: identical whether or not it was resumed
+    write_predictions(out, rows)  # question order: identical whether or not it was resumed
     metrics, scores = score_predictions(questions, passages, {r["id"]: r["output"] for r in rows})
     write_score_outputs(out, metrics, scores)
     meta = {
         **identity,
         "adapter_path": config.adapter,
-        "quantization": "nf4-double-quant" if loaded.quantized_4bit else "none",
+        "quantization": quantization_label(loaded.quantized_4bit),
         "merged": d.merge and config.adapter is not None,
         "merge_check": merge_check,
         "allow_mismatch": config.allow_mismatch,
@@ -318,9 +281,8 @@ def evaluate(
         "batches": total_batches,
         "provenance": provenance(),
     }
-    atomic_write_json(out / META, meta)
-    partial.unlink()
-    return EvalResult(out, metrics, meta)
+    finish_evaluation(out, meta)
+    return EvalResult(out, metrics, meta, scores)
 
 
 def vllm_batches(

@@ -195,7 +195,7 @@ def model_problems(model: str, config: str, field: str = "model") -> list[Proble
 
 
 def adapter_problems(adapter: str | None, config: str, field: str = "adapter") -> list[Problem]:
-    from sftgate.train import METADATA_FILE
+    from sftgate.artifacts import ADAPTER_METADATA
 
     if adapter is None:
         return []
@@ -203,12 +203,12 @@ def adapter_problems(adapter: str | None, config: str, field: str = "adapter") -
     if not p.is_dir():
         what = "does not exist" if not p.exists() else "is a file"
         return [_problem(config, field, f"{adapter} {what}", "give an adapter folder")]
-    if not (p / METADATA_FILE).is_file():
+    if not (p / ADAPTER_METADATA).is_file():
         return [
             _problem(
                 config,
                 field,
-                f"{adapter} is not an sftgate adapter (no {METADATA_FILE})",
+                f"{adapter} is not an sftgate adapter (no {ADAPTER_METADATA})",
                 "train it with `sftgate train`",
             )
         ]

@@ -18,7 +18,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from sftgate.errors import InputError, MismatchError, Problem
-from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
 from sftgate.paths import package_resource
 from sftgate.questions import Passage, QuestionSet, Reference, jsonl_records, read_text
 from sftgate.textnorm import squash_ws, tokens
@@ -470,17 +469,3 @@ def score_predictions(
     metrics = aggregate(scores)
     metrics["eval_set_version"] = questions.version
     return metrics, scores
-
-
-def write_score_outputs(
-    out_dir: str | Path, metrics: Mapping[str, Any], scores: Sequence[QuestionScore]
-) -> None:
-    """Each file is written atomically; metrics.json last, so its presence means both are complete."""
-    out = Path(out_dir)
-    atomic_write_jsonl(out / "per_question.jsonl", [s.to_row() for s in scores])
-    atomic_write_json(out / "metrics.json", dict(metrics))
-
-
-def read_per_question(path: str | Path) -> list[QuestionScore]:
-    with open(path, encoding="utf-8") as f:
-        return [QuestionScore(**json.loads(line)) for line in f if line.strip()]

@@ -12,10 +12,8 @@ AdamW, and gradient checkpointing only when a probe step shows that memory needs
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import sys
 import time
 import uuid
@@ -28,10 +26,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from sftgate.artifacts import quantization_label, refuse_existing_adapter, save_adapter
 from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError
-from sftgate.fsutil import atomic_write_json
 from sftgate.models import LoadedModel, Quantization, load_model
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
@@ -39,7 +37,6 @@ from sftgate.provenance import provenance
 from sftgate.questions import Passage, Question, load_questions
 from sftgate.targets import reference_completion
 
-METADATA_FILE = "sftgate_train.json"
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
 IGNORE = -100  # target id that the loss skips
 
@@ -525,9 +522,7 @@ def train(
     contexts = load_contexts(config.contexts) if config.contexts else None
     passages, index_version = resolve_passages(questions, contexts)
     out = Path(config.out)
-    if out.exists():  # checked before the work: the rename at the end would fail
-        what = "an adapter already exists here" if (out / METADATA_FILE).exists() else "exists"
-        raise InputError(Problem(str(out), "", "out", what, "choose another --out or delete it"))
+    refuse_existing_adapter(out)
 
     started_total = time.perf_counter()
     loaded = load_model(config.model, quantization=config.quantization, device=device)
@@ -668,12 +663,11 @@ def train(
         wall = time.perf_counter() - started
 
     adapter_id = str(uuid.uuid4())
-    tmp = out.with_name(f"{out.name}.partial-{adapter_id}")
     metadata = {
         "adapter_id": adapter_id,
         "model_id": loaded.model_id,
         "model_revision": loaded.model_revision,
-        "quantization": "nf4-double-quant" if loaded.quantized_4bit else "none",
+        "quantization": quantization_label(loaded.quantized_4bit),
         "train_set_version": questions.version,
         "train_set_path": questions.path,
         "prompt_version": template.version,
@@ -695,27 +689,5 @@ def train(
         "loss_per_step": losses,
         "provenance": provenance(),
     }
-    try:
-        model.save_pretrained(str(tmp))
-        atomic_write_json(tmp / METADATA_FILE, metadata)
-        tmp.rename(out)  # only now does `out` exist, complete with its metadata
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_adapter(model, out, metadata)
     return TrainResult(out, metadata)
-
-
-def read_adapter_metadata(adapter_dir: str | Path) -> dict[str, Any]:
-    path = Path(adapter_dir) / METADATA_FILE
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise InputError(
-            Problem(
-                str(adapter_dir),
-                "",
-                METADATA_FILE,
-                "not an sftgate adapter (no metadata file)",
-                "train it with `sftgate train`",
-            )
-        ) from None

@@ -6,6 +6,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from sftgate.artifacts import read_per_question
 from sftgate.errors import MismatchError
 from sftgate.questions import Passage, Reference
 from sftgate.scoring import (
@@ -19,7 +20,6 @@ from sftgate.scoring import (
     is_unanswerable,
     paired_comparison,
     parse_output,
-    read_per_question,
     schema_errors,
     score_question,
     token_f1,

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sftgate.artifacts import read_adapter_metadata
 from sftgate.cli import main
 from sftgate.config import load_config
 from sftgate.errors import InputError
@@ -25,7 +26,6 @@ from sftgate.train import (
     build_example,
     completion_loss,
     make_batch,
-    read_adapter_metadata,
     resolve_kernels,
     segment_attention,
     segment_sdpa,

@@ -9,9 +9,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sftgate.artifacts import write_score_outputs
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.questions import load_questions
-from sftgate.scoring import load_predictions, score_predictions, write_score_outputs
+from sftgate.scoring import load_predictions, score_predictions
 
 
 def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:

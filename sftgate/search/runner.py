@@ -8,7 +8,6 @@ hand the outcome back to the search's driver, which alone writes the registry.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -16,14 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sftgate.artifacts import (
+    EvalResult,
+    adapter_exists,
+    finished_evaluation,
+    read_adapter_metadata,
+)
 from sftgate.errors import SftgateError
-from sftgate.evaluate import META, PARTIAL_META, DecodeSettings, EvalConfig, evaluate
+from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
 from sftgate.fsutil import atomic_write_text
 from sftgate.models import Quantization
 from sftgate.params import TrainParams
-from sftgate.scoring import Metrics, QuestionScore, read_per_question
+from sftgate.scoring import Metrics, QuestionScore
 from sftgate.search.registry import Checkpoint
-from sftgate.train import METADATA_FILE, TrainConfig, read_adapter_metadata, train
+from sftgate.train import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -90,21 +95,6 @@ def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
     return [k for k, v in wanted.items() if meta.get(k) != v]
 
 
-def finished_evaluation(
-    eval_dir: Path, adapter_id: str
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(metrics, eval_meta) of a complete evaluation of this adapter in eval_dir, if there is one."""
-    if not (eval_dir / META).exists() or (eval_dir / PARTIAL_META).exists():
-        return None
-    meta = json.loads((eval_dir / META).read_text(encoding="utf-8"))
-    if meta.get("adapter_id") != adapter_id:
-        raise SftgateError(
-            f"{eval_dir} holds an evaluation of adapter {meta.get('adapter_id')}, not {adapter_id}; "
-            "delete the folder to evaluate this run again"
-        )
-    return json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")), meta
-
-
 def execute_run(
     spec: RunSpec,
     on_stage: Callable[[str], None] | None = None,
@@ -127,23 +117,22 @@ def execute_run(
             t0 = time.perf_counter()
             train_meta = train_adapter(spec, on_progress)
             train_s = time.perf_counter() - t0
-        finished = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
-        if finished is not None:  # killed after the evaluation, before the registry heard of it
-            metrics, eval_meta = finished
-            eval_s = eval_meta["wall_time_s"]
+        result = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
+        if result is not None:  # killed after the evaluation, before the registry heard of it
+            eval_s = result.meta["wall_time_s"]
         else:
             stage("evaluating")
             t0 = time.perf_counter()
-            metrics, eval_meta = evaluate_adapter(spec, on_progress)
+            result = evaluate_adapter(spec, on_progress)
             eval_s = time.perf_counter() - t0
         return RunOutcome(
             spec.run_id,
             spec.split,
             "done",
-            metrics=Metrics.model_validate(metrics),
-            question_scores=read_per_question(spec.eval_dir / "per_question.jsonl"),
+            metrics=Metrics.model_validate(result.metrics),
+            question_scores=result.scores,
             train_meta=train_meta,
-            eval_meta=eval_meta,
+            eval_meta=result.meta,
             train_s=train_s,
             eval_s=eval_s,
         )
@@ -165,7 +154,7 @@ def execute_run(
 def reusable_adapter(spec: RunSpec) -> dict[str, Any] | None:
     """The metadata of a complete adapter left by an earlier attempt, if it matches the spec;
     None when there is none and the gate split should train one."""
-    if (spec.adapter_dir / METADATA_FILE).exists():
+    if adapter_exists(spec.adapter_dir):
         meta = read_adapter_metadata(spec.adapter_dir)
         wrong = adapter_mismatches(meta, spec)
         if wrong:
@@ -193,10 +182,8 @@ def train_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None)
     return train(config, progress=spec.progress, on_step=on_progress).metadata
 
 
-def evaluate_adapter(
-    spec: RunSpec, on_progress: Callable[[int, int], None] | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    result = evaluate(
+def evaluate_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None) -> EvalResult:
+    return evaluate(
         EvalConfig(
             model=spec.model,
             adapter=str(spec.adapter_dir),
@@ -210,4 +197,3 @@ def evaluate_adapter(
         progress=spec.progress,
         on_batch=on_progress,
     )
-    return result.metrics, result.meta
