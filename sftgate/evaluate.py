@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from sftgate.generate import (
     vllm_generate,
 )
 from sftgate.models import LoadedModel, Quantization, eos_token_ids, load_model
-from sftgate.prompt import DEFAULT_PROMPT, encode_prompt, load_prompt
+from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
 from sftgate.questions import load_questions
 from sftgate.scoring import score_predictions
@@ -132,30 +132,69 @@ def load_for_eval(
 def evaluate(
     config: EvalConfig, *, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
 ) -> EvalResult:
-    import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    """Check the adapter against this evaluation's inputs, record what is evaluated in the output
+    folder, load the model (the adapter merged unless `decode.merge` is off), decode the questions
+    not done yet, check the merge, score, write the metadata (files: `sftgate.artifacts`)."""
     template = load_prompt(config.prompt)
     questions = load_questions(config.questions)
     contexts = load_contexts(config.contexts) if config.contexts else None
     passages, index_version = resolve_passages(questions, contexts)
     adapter_meta = read_adapter_metadata(config.adapter) if config.adapter else None
-    mismatches = (
-        check_adapter(
-            adapter_meta,
-            model_id=config.model,
-            prompt_sha256=template.sha256,
-            index_version=index_version,
-        )
-        if adapter_meta
-        else []
+    mismatches = pin_mismatches(config, adapter_meta, template.sha256, index_version)
+    check_engine(config)
+    identity = eval_identity(config, adapter_meta, template, index_version, questions.version)
+    out = Path(config.out)
+    start_evaluation(out, identity)
+
+    merged = config.decode.merge and config.adapter is not None
+    loaded = load_for_eval(
+        config.model, config.adapter, adapter_meta, config.quantization, merged=merged
+    )
+    mismatches += revision_mismatches(config, adapter_meta, loaded)
+    eos = eos_token_ids(loaded.tokenizer, loaded.model)
+    prompts = [
+        encode_prompt(loaded.tokenizer, template, q.question, passages[q.id]) for q in questions
+    ]
+    ids = [q.id for q in questions]
+    decoded = decode_all(config, loaded, prompts, ids, eos, progress=progress, on_batch=on_batch)
+
+    merge_check = None
+    if merged and config.decode.merge_check_questions:
+        merge_check = merge_agreement(config, adapter_meta, loaded.model, prompts, eos)
+    rows = [decoded.done[i] for i in ids]
+    write_predictions(out, rows)  # question order: identical whether or not it was resumed
+    metrics, scores = score_predictions(questions, passages, {r["id"]: r["output"] for r in rows})
+    write_score_outputs(out, metrics, scores)
+    meta = {
+        **identity,
+        "adapter_path": config.adapter,
+        "quantization": quantization_label(loaded.quantized_4bit),
+        "merged": merged,
+        "merge_check": merge_check,
+        "allow_mismatch": config.allow_mismatch,
+        "mismatches": mismatches,
+        "questions_path": questions.path,
+        **decode_measurements(rows, decoded, loaded),
+        "provenance": provenance(),
+    }
+    finish_evaluation(out, meta)
+    return EvalResult(out, metrics, meta, scores)
+
+
+def pin_mismatches(
+    config: EvalConfig,
+    adapter_meta: dict[str, Any] | None,
+    prompt_sha256: str,
+    index_version: str,
+) -> list[str]:
+    """`check_adapter`'s differences; an error unless allow_mismatch."""
+    if not adapter_meta:
+        return []
+    mismatches = check_adapter(
+        adapter_meta,
+        model_id=config.model,
+        prompt_sha256=prompt_sha256,
+        index_version=index_version,
     )
     if mismatches and not config.allow_mismatch:
         raise MismatchError(
@@ -163,8 +202,11 @@ def evaluate(
             + "; ".join(mismatches)
             + " (pass --allow-mismatch to evaluate anyway; it is recorded)"
         )
-    d = config.decode
-    if d.engine == "vllm" and config.adapter is not None and not d.merge:
+    return mismatches
+
+
+def check_engine(config: EvalConfig) -> None:
+    if config.decode.engine == "vllm" and config.adapter is not None and not config.decode.merge:
         raise InputError(
             Problem(
                 config.adapter,
@@ -174,46 +216,126 @@ def evaluate(
                 "drop --no-merge, or use --engine static",
             )
         )
-    identity = {
+
+
+def eval_identity(
+    config: EvalConfig,
+    adapter_meta: dict[str, Any] | None,
+    template: PromptTemplate,
+    index_version: str,
+    eval_set_version: str,
+) -> dict[str, Any]:
+    """What is evaluated, and how: a resumed evaluation must have the same identity."""
+    return {
         "model_id": config.model,
         "adapter_id": adapter_meta["adapter_id"] if adapter_meta else None,
         "prompt_sha256": template.sha256,
         "prompt_version": template.version,
         "index_version": index_version,
-        "eval_set_version": questions.version,
+        "eval_set_version": eval_set_version,
         "decoding": {
             "strategy": "greedy",
             "temperature": 0.0,
-            **d.model_dump(mode="json", exclude={"merge_check_questions"}),
+            **config.decode.model_dump(mode="json", exclude={"merge_check_questions"}),
         },
     }
-    out = Path(config.out)
-    start_evaluation(out, identity)
 
-    loaded = load_for_eval(
-        config.model,
-        config.adapter,
-        adapter_meta,
-        config.quantization,
-        merged=d.merge and config.adapter is not None,
-    )
-    if adapter_meta and adapter_meta.get("model_revision") != loaded.model_revision:
-        mismatch = f"model_revision: adapter has {adapter_meta.get('model_revision')!r}, evaluation loaded {loaded.model_revision!r}"
-        if not config.allow_mismatch:
-            raise MismatchError(
-                f"adapter {config.adapter} was trained on another version of {config.model}: {mismatch} (pass --allow-mismatch to evaluate anyway)"
-            )
-        mismatches.append(mismatch)
-    tokenizer, model = loaded.tokenizer, loaded.model
-    eos = eos_token_ids(tokenizer, model)
-    prompts = [encode_prompt(tokenizer, template, q.question, passages[q.id]) for q in questions]
-    ids = [q.id for q in questions]
+
+def revision_mismatches(
+    config: EvalConfig, adapter_meta: dict[str, Any] | None, loaded: LoadedModel
+) -> list[str]:
+    """The base's revision, when it is not the one the adapter was trained on; an error unless
+    allow_mismatch."""
+    if not adapter_meta or adapter_meta.get("model_revision") == loaded.model_revision:
+        return []
+    mismatch = f"model_revision: adapter has {adapter_meta.get('model_revision')!r}, evaluation loaded {loaded.model_revision!r}"
+    if not config.allow_mismatch:
+        raise MismatchError(
+            f"adapter {config.adapter} was trained on another version of {config.model}: {mismatch} (pass --allow-mismatch to evaluate anyway)"
+        )
+    return [mismatch]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    done: dict[str, dict[str, Any]]  # question id -> prediction row
+    new_tokens: int  # generated by this process (a resumed evaluation counts its part)
+    wall_s: float
+    batches: int
+
+
+def decode_all(
+    config: EvalConfig,
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    ids: list[str],
+    eos: list[int],
+    *,
+    progress: bool,
+    on_batch: Callable[[int, int], None] | None,
+) -> Decoded:
+    """Greedy-decode every question whose prediction is not in the folder yet, appending each
+    batch's predictions as it finishes (a restart skips them); `on_batch`: questions done, of all."""
+    import torch
+
+    out = Path(config.out)
     done = read_done_predictions(out)
-    total_batches = len(length_batches([len(p) for p in prompts], d.batch_size))
+    batches = len(length_batches([len(p) for p in prompts], config.decode.batch_size))
     if loaded.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()  # read in decode_measurements
     started = time.perf_counter()
     new_tokens = 0
+    with question_progress(progress) as bar, appending_predictions(out) as append:
+        task = bar.add_task("eval", total=len(ids), completed=len(done))
+        for gens in generations(config, loaded, prompts, ids, done, eos):
+            fresh = [g for g in gens if ids[g.index] not in done]
+            append([row(ids[g.index], g) for g in fresh])
+            new_tokens += sum(len(g.token_ids) for g in gens)
+            for g in fresh:
+                done[ids[g.index]] = row(ids[g.index], g)
+            bar.update(task, advance=len(fresh))
+            if on_batch is not None:
+                on_batch(len(done), len(ids))
+    return Decoded(done, new_tokens, time.perf_counter() - started, batches)
+
+
+def generations(
+    config: EvalConfig,
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    ids: list[str],
+    done: dict[str, Any],
+    eos: list[int],
+) -> Iterator[list[Generation]]:
+    """Each batch's generations as it finishes, from the configured engine; a batch whose
+    questions are all in `done` is skipped."""
+    d = config.decode
+    if d.engine == "vllm":
+        todo = [i for i, q in enumerate(ids) if q not in done]
+        return vllm_batches(config, loaded, prompts, todo, eos)
+    return greedy_generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        batch_size=d.batch_size,
+        max_new_tokens=d.max_new_tokens,
+        eos_ids=eos,
+        engine=d.engine,
+        cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
+        skip=lambda batch: all(ids[i] in done for i in batch),
+    )
+
+
+def question_progress(progress: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = [
         TextColumn("[bold]eval[/bold]"),
         BarColumn(),
@@ -222,67 +344,28 @@ def evaluate(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with (
-        Progress(*columns, disable=not progress) as bar,
-        appending_predictions(out) as append,
-    ):
-        task = bar.add_task("eval", total=len(ids), completed=len(done))
-        batches = (
-            vllm_batches(
-                config, loaded, prompts, [i for i, q in enumerate(ids) if q not in done], eos
-            )
-            if d.engine == "vllm"
-            else greedy_generate(
-                model,
-                tokenizer,
-                prompts,
-                batch_size=d.batch_size,
-                max_new_tokens=d.max_new_tokens,
-                eos_ids=eos,
-                engine=d.engine,
-                cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
-                skip=lambda batch: all(ids[i] in done for i in batch),
-            )
-        )
-        for gens in batches:
-            fresh = [g for g in gens if ids[g.index] not in done]
-            append([row(ids[g.index], g) for g in fresh])
-            new_tokens += sum(len(g.token_ids) for g in gens)
-            for g in fresh:
-                done[ids[g.index]] = row(ids[g.index], g)
-            bar.update(task, advance=len(fresh))
-            if on_batch is not None:  # questions done, of all
-                on_batch(len(done), len(ids))
-    wall = time.perf_counter() - started
+    return Progress(*columns, disable=not progress)
 
-    merge_check = None
-    if config.adapter is not None and d.merge and d.merge_check_questions:
-        merge_check = merge_agreement(config, adapter_meta, model, prompts, eos)
-    rows = [done[i] for i in ids]
-    write_predictions(out, rows)  # question order: identical whether or not it was resumed
-    metrics, scores = score_predictions(questions, passages, {r["id"]: r["output"] for r in rows})
-    write_score_outputs(out, metrics, scores)
-    meta = {
-        **identity,
-        "adapter_path": config.adapter,
-        "quantization": quantization_label(loaded.quantized_4bit),
-        "merged": d.merge and config.adapter is not None,
-        "merge_check": merge_check,
-        "allow_mismatch": config.allow_mismatch,
-        "mismatches": mismatches,
-        "questions_path": questions.path,
-        "n": len(ids),
+
+def decode_measurements(
+    rows: list[dict[str, Any]], decoded: Decoded, loaded: LoadedModel
+) -> dict[str, Any]:
+    """Counts, time and peak memory (since decoding began, the merge check included)."""
+    import torch
+
+    wall = decoded.wall_s
+    return {
+        "n": len(rows),
         "generated_tokens": sum(r["completion_tokens"] for r in rows),
         "wall_time_s": round(wall, 3),
-        "tokens_per_s": round(new_tokens / wall, 1) if wall > 0 and new_tokens else None,
+        "tokens_per_s": round(decoded.new_tokens / wall, 1)
+        if wall > 0 and decoded.new_tokens
+        else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if loaded.device == "cuda"
         else None,
-        "batches": total_batches,
-        "provenance": provenance(),
+        "batches": decoded.batches,
     }
-    finish_evaluation(out, meta)
-    return EvalResult(out, metrics, meta, scores)
 
 
 def vllm_batches(

@@ -384,57 +384,9 @@ def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]
     outputs: dict[str, str] = {}
     first_seen: dict[str, str] = {}
     for where, raw in records:
-        if not isinstance(raw, dict):
-            problems.append(
-                Problem(
-                    str(path), where, "", "each line must be a JSON object", 'use {"id", "output"}'
-                )
-            )
-            continue
-        qid = raw.get("id")
-        item = f"{qid!r} ({where})" if isinstance(qid, str) and qid else where
-        if not isinstance(qid, str) or not qid:
-            problems.append(
-                Problem(
-                    str(path),
-                    item,
-                    "id",
-                    "missing or not a non-empty string",
-                    "give each prediction its question's id",
-                )
-            )
-            continue
-        if not isinstance(raw.get("output"), str):
-            problems.append(
-                Problem(
-                    str(path),
-                    item,
-                    "output",
-                    "missing or not a string",
-                    "put the raw model text in 'output'",
-                )
-            )
-        if qid not in known:
-            problems.append(
-                Problem(
-                    str(path),
-                    item,
-                    "id",
-                    f"not in the question set {questions.path}",
-                    "check that the predictions belong to this set",
-                )
-            )
-            continue
-        if qid in first_seen:
-            problems.append(
-                Problem(
-                    str(path),
-                    item,
-                    "id",
-                    f"duplicate prediction (also at {first_seen[qid]})",
-                    "one line per question",
-                )
-            )
+        qid, found = check_prediction(str(path), where, raw, known, questions.path, first_seen)
+        problems.extend(found)
+        if qid is None:
             continue
         first_seen[qid] = where
         if isinstance(raw.get("output"), str):
@@ -453,6 +405,68 @@ def load_predictions(path: str | Path, questions: QuestionSet) -> dict[str, str]
     if problems:
         raise InputError(problems)
     return outputs
+
+
+def check_prediction(
+    file: str,
+    where: str,
+    raw: Any,
+    known: Mapping[str, Any],
+    questions_path: str,
+    first_seen: Mapping[str, str],
+) -> tuple[str | None, list[Problem]]:
+    """One predictions line's problems, and its question id when it is the first prediction of a
+    question of the set (None: the line is left out)."""
+    if not isinstance(raw, dict):
+        return None, [
+            Problem(file, where, "", "each line must be a JSON object", 'use {"id", "output"}')
+        ]
+    qid = raw.get("id")
+    if not isinstance(qid, str) or not qid:
+        return None, [
+            Problem(
+                file,
+                where,
+                "id",
+                "missing or not a non-empty string",
+                "give each prediction its question's id",
+            )
+        ]
+    item = f"{qid!r} ({where})"
+    problems = []
+    if not isinstance(raw.get("output"), str):
+        problems.append(
+            Problem(
+                file,
+                item,
+                "output",
+                "missing or not a string",
+                "put the raw model text in 'output'",
+            )
+        )
+    if qid not in known:
+        return None, [
+            *problems,
+            Problem(
+                file,
+                item,
+                "id",
+                f"not in the question set {questions_path}",
+                "check that the predictions belong to this set",
+            ),
+        ]
+    if qid in first_seen:
+        return None, [
+            *problems,
+            Problem(
+                file,
+                item,
+                "id",
+                f"duplicate prediction (also at {first_seen[qid]})",
+                "one line per question",
+            ),
+        ]
+    return qid, problems
 
 
 def score_predictions(

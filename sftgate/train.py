@@ -34,7 +34,7 @@ from sftgate.models import LoadedModel, Quantization, load_model
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
-from sftgate.questions import Passage, Question, load_questions
+from sftgate.questions import Passage, Question, QuestionSet, load_questions
 from sftgate.targets import reference_completion
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
@@ -506,35 +506,67 @@ def train(
     device: str | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    import torch
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from transformers import get_scheduler
-
-    p = config.params
-    template = load_prompt(config.prompt)
-    questions = load_questions(config.questions)
-    contexts = load_contexts(config.contexts) if config.contexts else None
-    passages, index_version = resolve_passages(questions, contexts)
+    """Read the inputs, load the model, tokenise, set up the machinery, run the loop, save the
+    adapter folder (`sftgate.artifacts`). Liger's and the segment attention's patches are undone
+    when the loop ends."""
+    inputs = read_inputs(config)
     out = Path(config.out)
     refuse_existing_adapter(out)
 
     started_total = time.perf_counter()
     loaded = load_model(config.model, quantization=config.quantization, device=device)
-    tokenizer = loaded.tokenizer
-    data = tokenize_examples(tokenizer, template, questions.questions, passages, p.max_length)
+    data = training_examples(config, loaded.tokenizer, inputs)
+    kernels, kernels_reason = resolve_kernels(config, loaded)
+    padding_free = resolve_padding_free(config, loaded)
+    with ExitStack() as patches:
+        if kernels == "liger":
+            patches.enter_context(liger_kernels(loaded.model))
+        if padding_free:
+            patches.enter_context(segment_attention(loaded.model))
+        setup = TrainSetup.of(add_lora(loaded.model, config.params), loaded, padding_free, kernels)
+        checkpointing = decide_checkpointing(config, setup, data.examples)
+        set_checkpointing(setup.model, checkpointing.on)
+        machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing)
+        loop = train_loop(setup, data.examples, config.params, progress=progress, on_step=on_step)
+
+    total_s = time.perf_counter() - started_total
+    metadata = adapter_metadata(
+        inputs, loaded, data, setup, machinery, checkpointing, loop, total_s=total_s
+    )
+    save_adapter(setup.model, out, metadata)
+    return TrainResult(out, metadata)
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    template: PromptTemplate
+    questions: QuestionSet
+    passages: dict[str, tuple[Passage, ...]]
+    index_version: str
+
+
+def read_inputs(config: TrainConfig) -> TrainInputs:
+    """The prompt, the questions and the passages each question is trained with."""
+    template = load_prompt(config.prompt)
+    questions = load_questions(config.questions)
+    contexts = load_contexts(config.contexts) if config.contexts else None
+    passages, index_version = resolve_passages(questions, contexts)
+    return TrainInputs(template, questions, passages, index_version)
+
+
+def training_examples(config: TrainConfig, tokenizer: Any, inputs: TrainInputs) -> Tokenized:
+    """Every question as an example within max_length; one that does not fit even without
+    passages is left out with a warning, and none fitting is an error."""
+    max_length = config.params.max_length
+    questions = inputs.questions.questions
+    data = tokenize_examples(tokenizer, inputs.template, questions, inputs.passages, max_length)
     if data.dropped:
         named = ", ".join(data.dropped[:10]) + (" ..." if len(data.dropped) > 10 else "")
         warnings.warn(
-            f"{len(data.dropped)} of {len(questions.questions)} examples left out: longer than "
-            f"max_length={p.max_length} tokens even without passages: {named} (all of them are "
+            f"{len(data.dropped)} of {len(questions)} examples left out: longer than "
+            f"max_length={max_length} tokens even without passages: {named} (all of them are "
             "listed in the adapter's metadata, examples_dropped)",
-            stacklevel=2,
+            stacklevel=3,  # the caller of `train`
         )
     if not data.examples:
         raise InputError(
@@ -542,152 +574,245 @@ def train(
                 config.questions,
                 "",
                 "params.max_length",
-                f"no example fits in max_length={p.max_length} tokens, even without passages",
+                f"no example fits in max_length={max_length} tokens, even without passages",
                 "raise max_length",
             )
         )
+    return data
 
-    cuda = loaded.device == "cuda"
-    kernels, kernels_reason = resolve_kernels(config, loaded)
-    padding_free = (
-        config.padding_free
-        if config.padding_free is not None
-        else not uses_sliding_window(loaded.model.config)
-    )
-    with ExitStack() as patches:
-        if kernels == "liger":
-            patches.enter_context(liger_kernels(loaded.model))
-        if padding_free:
-            patches.enter_context(segment_attention(loaded.model))
-        model = add_lora(loaded.model, p)
-        fused = kernels == "liger"
+
+def resolve_padding_free(config: TrainConfig, loaded: LoadedModel) -> bool:
+    if config.padding_free is not None:
+        return config.padding_free
+    return not uses_sliding_window(loaded.model.config)
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """The model being trained (LoRA added) and how its batches and its loss are made."""
+
+    model: Any
+    trainable: list[Any]
+    pad_id: int
+    device: str
+    padding_free: bool
+    kernels: Literal["liger", "none"]
+
+    @classmethod
+    def of(
+        cls,
+        model: Any,
+        loaded: LoadedModel,
+        padding_free: bool,
+        kernels: Literal["liger", "none"],
+    ) -> TrainSetup:
         trainable = [t for t in model.parameters() if t.requires_grad]
-        probe_peak = None
-        if config.gradient_checkpointing is not None:
-            checkpointing = config.gradient_checkpointing
-            reason = f"gradient_checkpointing: {str(checkpointing).lower()}"
-        elif not cuda:
-            checkpointing, reason = False, "auto: off on CPU"
-        else:
-            model.train()
-            free, _ = torch.cuda.mem_get_info()
-            budget = (
-                config.max_memory_gib * 2**30
-                if config.max_memory_gib is not None
-                else 0.9 * (free + torch.cuda.memory_reserved())
-            )
-            probe = make_batch(
-                longest_batch(data.examples, p.batch_size),
-                tokenizer.pad_token_id,
-                padding_free=padding_free,
-                device=loaded.device,
-            )
-            probe_peak = probe_peak_bytes(model, probe, fused=fused)
-            # AdamW's two fp32 moments are allocated at the first step, after the probe.
-            need = (
-                None if probe_peak is None else probe_peak + sum(8 * t.numel() for t in trainable)
-            )
-            checkpointing = need is None or need > budget
-            without = "ran out of memory" if need is None else f"needs {need / 2**30:.1f} GiB"
-            reason = f"auto: a step without it {without}, budget {budget / 2**30:.1f} GiB"
-        set_checkpointing(model, checkpointing)
-        machinery = Machinery(
-            loop="plain PyTorch loop over pre-tokenised examples (PEFT LoRA, transformers model)",
-            compute_dtype=str(loaded.model.dtype).removeprefix("torch."),
-            kernels=kernels,
-            kernels_reason=kernels_reason,
-            padding_free=padding_free,
-            attention=str(loaded.model.config._attn_implementation),
-            gradient_checkpointing=checkpointing,
-            gradient_checkpointing_reason=reason,
-            optimizer="AdamW (fused)" if cuda else "AdamW",
-            adapter_dtype=str(trainable[0].dtype).removeprefix("torch."),
-        )
-        optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0, fused=cuda)
-        scheduler = get_scheduler(
-            p.lr_scheduler,
-            optimizer,
-            num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
-            num_training_steps=p.max_steps,
-        )
+        pad_id = loaded.tokenizer.pad_token_id
+        return cls(model, trainable, pad_id, loaded.device, padding_free, kernels)
 
-        rng = random.Random(p.seed)
-        order: list[Example] = []
-        losses: list[float] = []
-        tokens_seen = 0
-        model.train()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        columns = [
-            TextColumn("[bold]train[/bold]"),
-            BarColumn(),
-            TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("train", total=p.max_steps, loss="-")
-            for _step in range(p.max_steps):
-                step_loss = 0.0
-                for _ in range(p.grad_accum_steps):
-                    if len(order) < p.batch_size:
-                        epoch = list(data.examples)
-                        rng.shuffle(epoch)
-                        order.extend(epoch)
-                    examples, order = order[: p.batch_size], order[p.batch_size :]
-                    batch = make_batch(
-                        examples,
-                        tokenizer.pad_token_id,
-                        padding_free=padding_free,
-                        device=loaded.device,
-                    )
-                    loss = completion_loss(model, batch, fused=fused) / p.grad_accum_steps
-                    loss.backward()
-                    step_loss += float(loss.detach())
-                    tokens_seen += batch.tokens
-                if not math.isfinite(step_loss):
-                    raise TrainingFailed(
-                        f"loss is {step_loss} at step {len(losses) + 1}; lower lr (now {p.lr}) "
-                        "or check the data"
-                    )
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(round(step_loss, 6))
-                bar.update(task, advance=1, loss=f"{step_loss:.4f}")
-                if on_step is not None:
-                    on_step(len(losses), p.max_steps)
-        wall = time.perf_counter() - started
+    @property
+    def fused(self) -> bool:
+        """Liger's fused linear cross-entropy computes the loss."""
+        return self.kernels == "liger"
 
-    adapter_id = str(uuid.uuid4())
-    metadata = {
-        "adapter_id": adapter_id,
+    def batch(self, examples: Sequence[Example]) -> Batch:
+        return make_batch(examples, self.pad_id, padding_free=self.padding_free, device=self.device)
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    on: bool
+    reason: str
+    probe_peak_bytes: int | None = None  # the probe step's peak, when one ran
+
+
+def decide_checkpointing(
+    config: TrainConfig, setup: TrainSetup, examples: Sequence[Example]
+) -> Checkpointing:
+    """As configured; auto: off on CPU; on CUDA, off when a probe step without it on the longest
+    batch, plus AdamW's moments, fits in max_memory_gib (default 90% of the card's free memory)."""
+    if config.gradient_checkpointing is not None:
+        on = config.gradient_checkpointing
+        return Checkpointing(on, f"gradient_checkpointing: {str(on).lower()}")
+    if setup.device != "cuda":
+        return Checkpointing(False, "auto: off on CPU")
+    import torch
+
+    setup.model.train()
+    free, _ = torch.cuda.mem_get_info()
+    budget = (
+        config.max_memory_gib * 2**30
+        if config.max_memory_gib is not None
+        else 0.9 * (free + torch.cuda.memory_reserved())
+    )
+    probe = setup.batch(longest_batch(examples, config.params.batch_size))
+    peak = probe_peak_bytes(setup.model, probe, fused=setup.fused)
+    # AdamW's two fp32 moments are allocated at the first step, after the probe.
+    need = None if peak is None else peak + sum(8 * t.numel() for t in setup.trainable)
+    without = "ran out of memory" if need is None else f"needs {need / 2**30:.1f} GiB"
+    reason = f"auto: a step without it {without}, budget {budget / 2**30:.1f} GiB"
+    return Checkpointing(need is None or need > budget, reason, peak)
+
+
+def describe_machinery(
+    setup: TrainSetup, loaded: LoadedModel, kernels_reason: str, checkpointing: Checkpointing
+) -> Machinery:
+    return Machinery(
+        loop="plain PyTorch loop over pre-tokenised examples (PEFT LoRA, transformers model)",
+        compute_dtype=str(loaded.model.dtype).removeprefix("torch."),
+        kernels=setup.kernels,
+        kernels_reason=kernels_reason,
+        padding_free=setup.padding_free,
+        attention=str(loaded.model.config._attn_implementation),
+        gradient_checkpointing=checkpointing.on,
+        gradient_checkpointing_reason=checkpointing.reason,
+        optimizer="AdamW (fused)" if setup.device == "cuda" else "AdamW",
+        adapter_dtype=str(setup.trainable[0].dtype).removeprefix("torch."),
+    )
+
+
+def shuffled_batches(
+    examples: Sequence[Example], batch_size: int, seed: int
+) -> Iterator[list[Example]]:
+    """Micro-batches without end: each epoch is the examples in a new seeded order, and a batch
+    that reaches an epoch's end takes the rest from the next epoch."""
+    rng = random.Random(seed)
+    order: list[Example] = []
+    while True:
+        if len(order) < batch_size:
+            epoch = list(examples)
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    params: TrainParams
+    losses: list[float]  # per optimiser step
+    tokens_seen: int
+    wall_s: float
+    peak_memory_bytes: int | None  # CUDA only
+
+
+def train_loop(
+    setup: TrainSetup,
+    examples: Sequence[Example],
+    p: TrainParams,
+    *,
+    progress: bool,
+    on_step: Callable[[int, int], None] | None,
+) -> LoopResult:
+    """max_steps AdamW steps (fused on CUDA) of grad_accum_steps micro-batches each, gradients
+    clipped at norm 1, the learning rate from the scheduler; a non-finite loss stops it."""
+    import torch
+    from transformers import get_scheduler
+
+    cuda = setup.device == "cuda"
+    optimizer = torch.optim.AdamW(setup.trainable, lr=p.lr, weight_decay=0.0, fused=cuda)
+    scheduler = get_scheduler(
+        p.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
+        num_training_steps=p.max_steps,
+    )
+    batches = shuffled_batches(examples, p.batch_size, p.seed)
+    losses: list[float] = []
+    tokens_seen = 0
+    setup.model.train()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    with step_progress(progress) as bar:
+        task = bar.add_task("train", total=p.max_steps, loss="-")
+        for _step in range(p.max_steps):
+            step_loss = 0.0
+            for _ in range(p.grad_accum_steps):
+                batch = setup.batch(next(batches))
+                loss = completion_loss(setup.model, batch, fused=setup.fused) / p.grad_accum_steps
+                loss.backward()
+                step_loss += float(loss.detach())
+                tokens_seen += batch.tokens
+            if not math.isfinite(step_loss):
+                raise TrainingFailed(
+                    f"loss is {step_loss} at step {len(losses) + 1}; lower lr (now {p.lr}) "
+                    "or check the data"
+                )
+            torch.nn.utils.clip_grad_norm_(setup.trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(round(step_loss, 6))
+            bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+            if on_step is not None:
+                on_step(len(losses), p.max_steps)
+    wall = time.perf_counter() - started
+    return LoopResult(
+        p, losses, tokens_seen, wall, torch.cuda.max_memory_allocated() if cuda else None
+    )
+
+
+def step_progress(progress: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [
+        TextColumn("[bold]train[/bold]"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, disable=not progress, transient=False)
+
+
+def adapter_metadata(
+    inputs: TrainInputs,
+    loaded: LoadedModel,
+    data: Tokenized,
+    setup: TrainSetup,
+    machinery: Machinery,
+    checkpointing: Checkpointing,
+    loop: LoopResult,
+    *,
+    total_s: float,
+) -> dict[str, Any]:
+    """What the adapter was trained from and with, and what the run measured (README, "Training")."""
+
+    def gib(n: int | None) -> float | None:
+        return None if n is None else round(n / 2**30, 3)
+
+    p, wall = loop.params, loop.wall_s
+    return {
+        "adapter_id": str(uuid.uuid4()),
         "model_id": loaded.model_id,
         "model_revision": loaded.model_revision,
         "quantization": quantization_label(loaded.quantized_4bit),
-        "train_set_version": questions.version,
-        "train_set_path": questions.path,
-        "prompt_version": template.version,
-        "prompt_sha256": template.sha256,
-        "index_version": index_version,
+        "train_set_version": inputs.questions.version,
+        "train_set_path": inputs.questions.path,
+        "prompt_version": inputs.template.version,
+        "prompt_sha256": inputs.template.sha256,
+        "index_version": inputs.index_version,
         "train_params": p.model_dump(mode="json"),
         "seed": p.seed,
-        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing": checkpointing.on,
         "machinery": asdict(machinery),
         "examples": len(data.examples),
         "examples_shortened": len(data.shortened),
         "examples_dropped": data.dropped,
-        "trainable_parameters": sum(t.numel() for t in trainable),
+        "trainable_parameters": sum(t.numel() for t in setup.trainable),
         "wall_time_s": round(wall, 3),
-        "total_time_s": round(time.perf_counter() - started_total, 3),
-        "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-        "probe_peak_memory_gib": None if probe_peak is None else round(probe_peak / 2**30, 3),
-        "loss_per_step": losses,
+        "total_time_s": round(total_s, 3),
+        "tokens_per_s": round(loop.tokens_seen / wall, 1) if wall > 0 else None,
+        "peak_memory_gib": gib(loop.peak_memory_bytes),
+        "probe_peak_memory_gib": gib(checkpointing.probe_peak_bytes),
+        "loss_per_step": loop.losses,
         "provenance": provenance(),
     }
-    save_adapter(model, out, metadata)
-    return TrainResult(out, metadata)
