@@ -65,18 +65,37 @@ def refuse_existing_adapter(adapter_dir: str | Path) -> None:
         raise InputError(Problem(str(out), "", "out", what, "choose another --out or delete it"))
 
 
-def save_adapter(model: Any, adapter_dir: str | Path, metadata: Mapping[str, Any]) -> None:
+def save_adapter(
+    model: Any,
+    adapter_dir: str | Path,
+    metadata: Mapping[str, Any],
+    also: Callable[[Path], None] | None = None,
+) -> None:
     """The PEFT adapter and its metadata, in `DIR.partial-<adapter_id>` renamed to DIR at the end,
-    so an interrupted save leaves nothing that looks complete."""
+    so an interrupted save leaves nothing that looks complete; `also` writes more into the
+    folder before that (its checkpoints)."""
     out = Path(adapter_dir)
     tmp = out.with_name(f"{out.name}.partial-{metadata['adapter_id']}")
     try:
         model.save_pretrained(str(tmp))
+        if also is not None:
+            also(tmp)
         atomic_write_json(tmp / ADAPTER_METADATA, dict(metadata))
         tmp.rename(out)  # only now does `out` exist, complete with its metadata
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def checkpoint_dir(adapter_dir: str | Path, step: int) -> Path:
+    """ADAPTER/checkpoints/step-K: the adapter as it was after step K, a PEFT folder itself."""
+    return Path(adapter_dir) / "checkpoints" / f"step-{step}"
+
+
+def write_checkpoint(model: Any, folder: Path, metadata: Mapping[str, Any], step: int) -> None:
+    """A checkpoint's PEFT files and the adapter's metadata with its `checkpoint_step`."""
+    model.save_pretrained(str(folder))
+    atomic_write_json(folder / ADAPTER_METADATA, {**metadata, "checkpoint_step": step})
 
 
 def read_adapter_metadata(adapter_dir: str | Path) -> dict[str, Any]:
@@ -188,15 +207,19 @@ def finish_evaluation(out_dir: Path, meta: Mapping[str, Any]) -> None:
     (out_dir / PARTIAL_EVAL_META).unlink()
 
 
-def finished_evaluation(eval_dir: Path, adapter_id: str) -> EvalResult | None:
-    """The complete evaluation of this adapter in eval_dir, if there is one."""
+def finished_evaluation(
+    eval_dir: Path, adapter_id: str, checkpoint_step: int | None = None
+) -> EvalResult | None:
+    """The complete evaluation of this adapter (at this checkpoint) in eval_dir, if there is one."""
     if not (eval_dir / EVAL_META).exists() or (eval_dir / PARTIAL_EVAL_META).exists():
         return None
     meta = json.loads((eval_dir / EVAL_META).read_text(encoding="utf-8"))
-    if meta.get("adapter_id") != adapter_id:
+    found = (meta.get("adapter_id"), meta.get("checkpoint_step"))
+    if found != (adapter_id, checkpoint_step):
+        at = lambda step: f" at step {step}" if step is not None else ""  # noqa: E731
         raise SftgateError(
-            f"{eval_dir} holds an evaluation of adapter {meta.get('adapter_id')}, not {adapter_id}; "
-            "delete the folder to evaluate this run again"
+            f"{eval_dir} holds an evaluation of adapter {found[0]}{at(found[1])}, not "
+            f"{adapter_id}{at(checkpoint_step)}; delete the folder to evaluate this run again"
         )
     metrics = json.loads((eval_dir / METRICS).read_text(encoding="utf-8"))
     return EvalResult(eval_dir, metrics, meta, read_per_question(eval_dir / PER_QUESTION))

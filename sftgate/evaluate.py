@@ -226,9 +226,12 @@ def eval_identity(
     eval_set_version: str,
 ) -> dict[str, Any]:
     """What is evaluated, and how: a resumed evaluation must have the same identity."""
+    step = adapter_meta.get("checkpoint_step") if adapter_meta else None
     return {
         "model_id": config.model,
         "adapter_id": adapter_meta["adapter_id"] if adapter_meta else None,
+        # a checkpoint shares its adapter's id: its step tells them apart
+        **({"checkpoint_step": step} if step is not None else {}),
         "prompt_sha256": template.sha256,
         "prompt_version": template.version,
         "index_version": index_version,

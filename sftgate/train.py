@@ -24,9 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from sftgate.artifacts import quantization_label, refuse_existing_adapter, save_adapter
+from sftgate.artifacts import (
+    checkpoint_dir,
+    quantization_label,
+    refuse_existing_adapter,
+    save_adapter,
+    write_checkpoint,
+)
 from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError
@@ -75,6 +81,22 @@ class TrainConfig(StrictModel):
         "sliding-window layers",
     )
     params: TrainParams = Field(default_factory=TrainParams)
+    checkpoint_steps: list[int] = Field(
+        default_factory=list,
+        description="also save the adapter as it was after these steps, in "
+        "OUT/checkpoints/step-K (a learning curve: evaluate each with `sftgate eval --adapter`); "
+        "the final adapter is the same with or without them",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoints_within_the_run(self) -> TrainConfig:
+        outside = [s for s in self.checkpoint_steps if not 0 < s < self.params.max_steps]
+        if outside:
+            raise ValueError(
+                f"checkpoint_steps must lie between 0 and max_steps={self.params.max_steps} "
+                f"(the end is the adapter itself), but got {outside}"
+            )
+        return self
 
 
 @dataclass
@@ -527,14 +549,45 @@ def train(
         checkpointing = decide_checkpointing(config, setup, data.examples)
         set_checkpointing(setup.model, checkpointing.on)
         machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing)
-        loop = train_loop(setup, data.examples, config.params, progress=progress, on_step=on_step)
+        loop = train_loop(
+            setup,
+            data.examples,
+            config.params,
+            progress=progress,
+            on_step=on_step,
+            snapshot_steps=config.checkpoint_steps,
+        )
 
     total_s = time.perf_counter() - started_total
     metadata = adapter_metadata(
         inputs, loaded, data, setup, machinery, checkpointing, loop, total_s=total_s
     )
-    save_adapter(setup.model, out, metadata)
+    save_adapter(
+        setup.model, out, metadata, also=lambda tmp: save_checkpoints(setup, loop, tmp, metadata)
+    )
     return TrainResult(out, metadata)
+
+
+def save_checkpoints(
+    setup: TrainSetup, loop: LoopResult, adapter_dir: Path, metadata: dict[str, Any]
+) -> None:
+    """Each snapshot as an adapter folder of its own (ADAPTER/checkpoints/step-K), its metadata
+    the adapter's with `checkpoint_step`; the model gets its final weights back."""
+    import torch
+
+    if not loop.snapshots:
+        return
+    final = [t.detach().clone() for t in setup.trainable]
+    try:
+        for step, tensors in sorted(loop.snapshots.items()):
+            with torch.no_grad():
+                for t, saved in zip(setup.trainable, tensors):
+                    t.copy_(saved)
+            write_checkpoint(setup.model, checkpoint_dir(adapter_dir, step), metadata, step)
+    finally:
+        with torch.no_grad():
+            for t, saved in zip(setup.trainable, final):
+                t.copy_(saved)
 
 
 @dataclass(frozen=True)
@@ -694,6 +747,7 @@ class LoopResult:
     tokens_seen: int
     wall_s: float
     peak_memory_bytes: int | None  # CUDA only
+    snapshots: dict[int, list[Any]]  # step -> the trainable tensors after it (CPU copies)
 
 
 def train_loop(
@@ -703,6 +757,7 @@ def train_loop(
     *,
     progress: bool,
     on_step: Callable[[int, int], None] | None,
+    snapshot_steps: Sequence[int] = (),
 ) -> LoopResult:
     """max_steps AdamW steps (fused on CUDA) of grad_accum_steps micro-batches each, gradients
     clipped at norm 1, the learning rate from the scheduler; a non-finite loss stops it."""
@@ -719,6 +774,7 @@ def train_loop(
     )
     batches = shuffled_batches(examples, p.batch_size, p.seed)
     losses: list[float] = []
+    snapshots: dict[int, list[Any]] = {}
     tokens_seen = 0
     setup.model.train()
     if cuda:
@@ -744,12 +800,19 @@ def train_loop(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(round(step_loss, 6))
+            if len(losses) in snapshot_steps:  # saved once training is over (save_checkpoints)
+                snapshots[len(losses)] = [t.detach().to("cpu", copy=True) for t in setup.trainable]
             bar.update(task, advance=1, loss=f"{step_loss:.4f}")
             if on_step is not None:
                 on_step(len(losses), p.max_steps)
     wall = time.perf_counter() - started
     return LoopResult(
-        p, losses, tokens_seen, wall, torch.cuda.max_memory_allocated() if cuda else None
+        p,
+        losses,
+        tokens_seen,
+        wall,
+        torch.cuda.max_memory_allocated() if cuda else None,
+        snapshots,
     )
 
 
@@ -814,5 +877,6 @@ def adapter_metadata(
         "peak_memory_gib": gib(loop.peak_memory_bytes),
         "probe_peak_memory_gib": gib(checkpointing.probe_peak_bytes),
         "loss_per_step": loop.losses,
+        "checkpoints": sorted(loop.snapshots),
         "provenance": provenance(),
     }

@@ -3,6 +3,7 @@ evaluation, planner and SQLite registry; no mocks."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -337,3 +338,32 @@ def test_execute_run_reuses_its_adapter_and_refuses_a_stale_one(tmp_path):
     stale = execute_run(other)
     assert stale.status == "failed" and "other train_params" in (stale.failure or "")
     assert "SftgateError" in (Path(spec.run_dir) / "failure-gate.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_checkpoints_are_evaluated_once_and_resumed(tmp_path):
+    """A run's curve: its adapter at each checkpoint on the gate set, in RUN_DIR/gate-step-K; a
+    run killed after a checkpoint's evaluation does not evaluate it again."""
+    import shutil
+
+    from sftgate.search.driver import Specs
+    from sftgate.search.inputs import pin_inputs, prepare_contexts
+    from sftgate.search.study import load_study_config
+
+    config = load_study_config(make_project(tmp_path, checkpoints=[0.5]))
+    inputs = pin_inputs(config)
+    prepare_contexts(config, inputs)
+    params = config.policy.round0.model_copy(update={"max_steps": 2})
+    spec = Specs(config, inputs, progress=False).spec("r1-0-ckpt", params, "gate")
+    assert spec.checkpoint_steps == (1,)
+    first = execute_run(spec)
+    assert first.status == "done", first.failure
+    (point,) = first.curve
+    assert point.step == 1 and len(point.scores) == 3
+    meta = Path(point.eval_dir) / "eval_meta.json"
+    assert json.loads(meta.read_text())["checkpoint_step"] == 1
+    stamp = meta.stat().st_mtime_ns
+    shutil.rmtree(spec.eval_dir)  # killed after the checkpoint, before the final evaluation
+    again = execute_run(spec)
+    assert again.status == "done" and meta.stat().st_mtime_ns == stamp  # not evaluated again
+    assert again.curve[0].metrics == point.metrics and again.metrics == first.metrics

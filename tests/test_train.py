@@ -470,3 +470,40 @@ def test_cuda_defaults_train_tiny_qwen3_4bit(tmp_path):
     assert m["quantization"] == "nf4-double-quant" and m["machinery"]["compute_dtype"] == "bfloat16"
     assert m["machinery"]["gradient_checkpointing_reason"].startswith("auto: a step without it")
     assert m["peak_memory_gib"] > 0 and all(map(torch.isfinite, torch.tensor(m["loss_per_step"])))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_under_a_constant_schedule_is_the_shorter_run(tmp_path):
+    """Checkpoints are saved beside the adapter and change nothing in it; under a constant
+    learning rate the checkpoint at step 2 of a 4-step run is the 2-step run's adapter."""
+    from safetensors.torch import load_file
+
+    from sftgate.artifacts import checkpoint_dir, read_adapter_metadata
+
+    def weights(folder: Path) -> dict[str, torch.Tensor]:
+        return load_file(str(folder / "adapter_model.safetensors"))
+
+    common = {"lr": 1e-2, "max_length": 4096, "lr_scheduler": "constant"}
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    with_ckpt = config(tmp_path / "a", max_steps=4, **common).model_copy(
+        update={"checkpoint_steps": [2]}
+    )
+    long = train(with_ckpt, progress=False)
+    plain = train(config(tmp_path / "b", max_steps=4, **common), progress=False)
+    short = train(config(tmp_path / "c", max_steps=2, **common), progress=False)
+
+    ckpt = checkpoint_dir(long.adapter_dir, 2)
+    assert long.metadata["checkpoints"] == [2]
+    assert read_adapter_metadata(ckpt)["checkpoint_step"] == 2
+    final, same, two, early = (
+        weights(long.adapter_dir),
+        weights(plain.adapter_dir),
+        weights(short.adapter_dir),
+        weights(ckpt),
+    )
+    assert all(torch.equal(final[k], same[k]) for k in same)  # the final adapter is untouched
+    assert all(torch.equal(early[k], two[k]) for k in two)  # step 2 of 4 = a 2-step run
+    assert not all(torch.equal(early[k], final[k]) for k in final)
+    with pytest.raises(ValueError, match="between 0 and max_steps=4"):
+        with_ckpt.model_validate({**with_ckpt.model_dump(), "checkpoint_steps": [4]})

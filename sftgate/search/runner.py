@@ -18,6 +18,7 @@ from typing import Any, Literal
 from sftgate.artifacts import (
     EvalResult,
     adapter_exists,
+    checkpoint_dir,
     finished_evaluation,
     read_adapter_metadata,
 )
@@ -92,7 +93,10 @@ def lost_outcome(spec: RunSpec, reason: str, worker: dict[str, Any] | None) -> R
 
 def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
     wanted = {**spec.expected, "train_params": spec.params.model_dump(mode="json")}
-    return [k for k, v in wanted.items() if meta.get(k) != v]
+    wrong = [k for k, v in wanted.items() if meta.get(k) != v]
+    if not set(spec.checkpoint_steps) <= set(meta.get("checkpoints", [])):
+        wrong.append("checkpoints")
+    return wrong
 
 
 def execute_run(
@@ -117,14 +121,15 @@ def execute_run(
             t0 = time.perf_counter()
             train_meta = train_adapter(spec, on_progress)
             train_s = time.perf_counter() - t0
+        stage("evaluating")
+        curve, eval_s = evaluate_checkpoints(spec, train_meta["adapter_id"], on_progress)
         result = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
         if result is not None:  # killed after the evaluation, before the registry heard of it
-            eval_s = result.meta["wall_time_s"]
+            eval_s += result.meta["wall_time_s"]
         else:
-            stage("evaluating")
             t0 = time.perf_counter()
             result = evaluate_adapter(spec, on_progress)
-            eval_s = time.perf_counter() - t0
+            eval_s += time.perf_counter() - t0
         return RunOutcome(
             spec.run_id,
             spec.split,
@@ -135,6 +140,7 @@ def execute_run(
             eval_meta=result.meta,
             train_s=train_s,
             eval_s=eval_s,
+            curve=curve,
         )
     except Exception as e:  # noqa: BLE001 - one run's failure is recorded; the round goes on
         reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line
@@ -168,6 +174,27 @@ def reusable_adapter(spec: RunSpec) -> dict[str, Any] | None:
     return None
 
 
+def evaluate_checkpoints(
+    spec: RunSpec, adapter_id: str, on_progress: Callable[[int, int], None] | None
+) -> tuple[list[Checkpoint], float]:
+    """The gate set at each checkpoint (RUN_DIR/gate-step-K), finished ones reused; the points
+    and the seconds they took."""
+    curve, seconds = [], 0.0
+    for step in spec.checkpoint_steps:
+        eval_dir = Path(spec.run_dir) / f"gate-step-{step}"
+        result = finished_evaluation(eval_dir, adapter_id, step)
+        if result is None:
+            t0 = time.perf_counter()
+            adapter = checkpoint_dir(spec.adapter_dir, step)
+            result = evaluate_adapter(spec, on_progress, adapter, eval_dir)
+            seconds += time.perf_counter() - t0
+        else:
+            seconds += result.meta["wall_time_s"]
+        metrics = Metrics.model_validate(result.metrics)
+        curve.append(Checkpoint(step, metrics, result.scores, str(eval_dir)))
+    return curve, seconds
+
+
 def train_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     config = TrainConfig(
         model=spec.model,
@@ -178,20 +205,27 @@ def train_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None)
         out=str(spec.adapter_dir),
         gradient_checkpointing=spec.gradient_checkpointing,
         params=spec.params,
+        checkpoint_steps=list(spec.checkpoint_steps),
     )
     return train(config, progress=spec.progress, on_step=on_progress).metadata
 
 
-def evaluate_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None) -> EvalResult:
+def evaluate_adapter(
+    spec: RunSpec,
+    on_progress: Callable[[int, int], None] | None,
+    adapter: Path | None = None,
+    out: Path | None = None,
+) -> EvalResult:
+    """The run's adapter (or one of its checkpoints, into its own folder) on the question set."""
     return evaluate(
         EvalConfig(
             model=spec.model,
-            adapter=str(spec.adapter_dir),
+            adapter=str(adapter or spec.adapter_dir),
             quantization=spec.quantization,
             questions=spec.eval_questions,
             contexts=spec.eval_contexts,
             prompt=spec.prompt,
-            out=str(spec.eval_dir),
+            out=str(out or spec.eval_dir),
             decode=spec.decode,
         ),
         progress=spec.progress,
