@@ -8,11 +8,13 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from sftgate.cli.score import metrics_table
+from sftgate.cli.train import add_tracking_args, tracking_config
 from sftgate.config import validation_problems
 from sftgate.errors import InputError
 from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
 from sftgate.preflight import eval_problems, require
 from sftgate.prompt import DEFAULT_PROMPT
+from sftgate.tracking import run_from_eval, track_run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise InputError(validation_problems(e, "command line")) from None
     require(eval_problems(config, "command line"))
+    tracking = tracking_config(args)
     result = evaluate(config)
     console = Console()
     console.print(
@@ -55,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
             console.print(
                 "[red]merge check: the merged model decodes like the base although the adapter changes the outputs; rerun with --no-merge[/red]"
             )
+    where = track_run(run_from_eval(result.metrics, result.meta, result.out_dir), tracking, "eval")
+    if where:
+        console.print(f"tracking: {where}")
     return 0
 
 
@@ -93,4 +99,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="evaluate an adapter trained with another prompt/index/base (recorded)",
     )
+    add_tracking_args(p)
     p.set_defaults(func=run)

@@ -10,6 +10,7 @@ from rich.console import Console
 from sftgate.config import load_config
 from sftgate.params import TrainParams
 from sftgate.preflight import require, train_problems
+from sftgate.tracking import TrackingConfig, check_installed, run_from_train_meta, track_run
 from sftgate.train import TrainConfig, train
 
 TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out", "kernels")
@@ -37,9 +38,27 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def tracking_config(args: argparse.Namespace) -> TrackingConfig:
+    config = TrackingConfig(kind=args.tracking, uri=args.tracking_uri)
+    check_installed(config)
+    return config
+
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    fields = TrackingConfig.model_fields
+    p.add_argument(
+        "--tracking",
+        choices=("none", "mlflow", "tensorboard"),
+        default="none",
+        help=str(fields["kind"].description),
+    )
+    p.add_argument("--tracking-uri", help=str(fields["uri"].description).replace("%", "%%"))
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, overrides(args))
     require(train_problems(config, args.config))
+    tracking = tracking_config(args)
     result = train(config)
     m = result.metadata
     how = m["machinery"]
@@ -52,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         f"kernels {how['kernels']}, padding-free {how['padding_free']}, gradient checkpointing "
         f"{how['gradient_checkpointing']} ({how['gradient_checkpointing_reason']})"
     )
+    where = track_run(run_from_train_meta(m, result.adapter_dir), tracking, "train")
+    if where:
+        Console().print(f"tracking: {where}")
     return 0
 
 
@@ -84,4 +106,5 @@ def register(sub: argparse._SubParsersAction) -> None:
             type=kind,
             help=f"{info.description} (default {info.default})",
         )
+    add_tracking_args(p)
     p.set_defaults(func=run)
