@@ -1,7 +1,8 @@
 """The report's plots, from plain data: what a person would rather see than read.
 
 - `scores.png`: eval_score_avg of each run (95% interval), the best score so far, the gate and,
-  when one is recorded, the ceiling (the best score the study's passages allow) as lines.
+  when one is recorded, the ceiling (the best score the study's passages allow, with its 95%
+  band) as lines.
 - `loss.png`: each run's training loss per step.
 - `submetrics.png`: each run's sub-metrics as a table of colours with their values (five lines
   on one axis overlap into one when runs are close).
@@ -67,16 +68,23 @@ def note_if_zero(ax: Any, values: Sequence[float], what: str) -> None:
         )
 
 
-def _gate_and_ceiling(ax: Any, gate: float, ceiling: float | None) -> None:
+Ceiling = tuple[float, Sequence[float]]  # the ceiling and its 95% interval
+
+
+def _gate_and_ceiling(ax: Any, gate: float, ceiling: Ceiling | None) -> None:
     ax.axhline(gate, color=GATE_COLOR, linestyle="--", label=f"gate {gate:g}")
     if ceiling is not None:
-        ax.axhline(ceiling, color=CEILING_COLOR, linestyle=":", label=f"ceiling {ceiling:.1f}")
+        value, (lo, hi) = ceiling
+        ax.axhspan(lo, hi, color=CEILING_COLOR, alpha=0.12)
+        ax.axhline(
+            value, color=CEILING_COLOR, linestyle=":", label=f"ceiling {value:.1f} (95% band)"
+        )
 
 
-def scores_figure(runs: Sequence[RunPoint], gate: float, ceiling: float | None) -> Any:
+def scores_figure(runs: Sequence[RunPoint], gate: float, ceiling: Ceiling | None) -> Any:
     plt = _pyplot()
     done = [r for r in runs if r.score is not None]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(done) + 3), 4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(done) + 4), 4))
     x = list(range(len(done)))
     scores = [float(r.score) for r in done if r.score is not None]
     err = [
@@ -95,7 +103,7 @@ def scores_figure(runs: Sequence[RunPoint], gate: float, ceiling: float | None) 
     ax.set_ylim(0, 100)
     ax.set_ylabel("eval_score_avg (gate set, 95% CI)")
     ax.set_title("score per run (bar colour: round)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars
     note_if_zero(ax, scores, "run's eval_score_avg")
     fig.tight_layout()
     return fig
@@ -158,7 +166,7 @@ def recall_groups(points: Sequence[QuestionPoint]) -> list[tuple[str, list[float
 def context_recall_figure(points: Sequence[QuestionPoint], label: str, gate: float) -> Any:
     plt = _pyplot()
     groups = recall_groups(points)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     means = [sum(v) / len(v) for _, v in groups]
     ax.bar(range(len(groups)), means, color="#4c72b0")
     for i, (_, v) in enumerate(groups):
@@ -171,7 +179,7 @@ def context_recall_figure(points: Sequence[QuestionPoint], label: str, gate: flo
     ax.set_ylabel(f"mean eval_score of {label}")
     shown = "–" if recall is None else f"{recall:.2f}"
     ax.set_title(f"by retrieved evidence (context_recall {shown})")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     note_if_zero(ax, means, "group's mean score")
     fig.tight_layout()
     return fig
@@ -181,7 +189,7 @@ def write_plots(
     runs: Sequence[RunPoint],
     selected: tuple[str, Sequence[QuestionPoint]] | None,
     gate: float,
-    ceiling: float | None,
+    ceiling: Ceiling | None,
     out_dir: Path,
 ) -> list[str]:
     """Write the plots into out_dir; returns their file names, in the report's order.

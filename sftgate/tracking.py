@@ -53,8 +53,8 @@ class TrackingConfig(StrictModel):
     )
     uri: str | None = Field(
         None,
-        description="mlflow: a tracking URI (default sqlite:///$SFTGATE_HOME/mlflow.db, "
-        "artifacts in $SFTGATE_HOME/mlartifacts); tensorboard: the log folder (default "
+        description="mlflow: a tracking URI (default sqlite:///$SFTGATE_HOME/mlflow.db; a SQLite "
+        "store keeps artifacts in mlartifacts/ beside its file); tensorboard: the log folder (default "
         "$SFTGATE_HOME/tensorboard)",
     )
     experiment: str | None = Field(
@@ -84,6 +84,8 @@ class TrackedRun:
     git_commit: str | None = None
     loss_per_step: Sequence[float] = ()
     metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # split -> metrics
+    # the learning curve, when the run has one: (step, gate metrics at that checkpoint)
+    curve: Sequence[tuple[int, Mapping[str, float]]] = ()
     datasets: Sequence[DatasetRef] = ()
     adapter_dir: str | None = None
     eval_dirs: Mapping[str, str] = field(default_factory=dict)  # split -> evaluation folder
@@ -182,9 +184,17 @@ def _mlflow(uri: str | None) -> Iterator[tuple[MlflowClient, str | None]]:
         # MLflow's SQL store uses SQLAlchemy's `noload`, deprecated in SQLAlchemy 2.1: MLflow's
         # own code, nothing a user can change.
         warnings.filterwarnings("ignore", message=".*noload.*")
-        client = mlflow.MlflowClient(tracking_uri=uri or default_mlflow_uri())
-        artifacts = None if uri else (data_dir() / "mlartifacts").resolve().as_uri()
-        yield client, artifacts
+        uri = uri or default_mlflow_uri()
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        yield client, _artifacts_beside(uri)
+
+
+def _artifacts_beside(uri: str) -> str | None:
+    """A local SQLite store keeps new experiments' artifacts in `mlartifacts/` beside its file
+    (MLflow's own default is ./mlruns in the current folder); other stores decide themselves."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def _experiment_id(client: MlflowClient, name: str, artifacts: str | None) -> str:
@@ -213,7 +223,14 @@ def _log_part(client: MlflowClient, run_id: str, run: TrackedRun, part: str) -> 
             client.log_artifacts(run_id, run.adapter_dir, "adapter")
     else:
         metrics = [Metric(f"{part}/{k}", v, 0, 0) for k, v in sorted(run.metrics[part].items())]
-        client.log_batch(run_id, metrics=metrics)
+        if part == "gate":
+            metrics += [
+                Metric(f"curve/{k}", v, 0, step)
+                for step, point in run.curve
+                for k, v in point.items()
+            ]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
         folder = run.eval_dirs.get(part)
         if folder:
             for path in sorted(Path(folder).glob("*.json*")):
@@ -347,6 +364,9 @@ def write_tensorboard_run(run: TrackedRun, folder: Path) -> None:
         for split, metrics in run.metrics.items():
             for k, v in metrics.items():
                 writer.add_scalar(f"{split}/{k}", v, 0)
+        for step, point in run.curve:
+            for k, v in point.items():
+                writer.add_scalar(f"curve/{k}", v, step)
         tags = {**run.tags, **({"git_commit": run.git_commit} if run.git_commit else {})}
         writer.add_text("tags", _markdown_table(tags))
         if run.params:
@@ -401,8 +421,17 @@ def write_tensorboard(study: TrackedStudy, root: str | Path | None = None) -> Pa
 def check_installed(config: TrackingConfig) -> None:
     """Fail now, not after hours of training, when the configured tracker's library is missing."""
     if config.kind == "mlflow":
-        with _mlflow(config.uri):
-            pass
+        uri = config.uri or default_mlflow_uri()
+        try:
+            with _mlflow(uri) as (client, _):
+                client.search_experiments(max_results=1)
+        except SftgateError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever MLflow raises for a store it cannot use
+            raise SftgateError(
+                f"tracking: mlflow cannot use the store {uri} ({type(e).__name__}: {e}); fix "
+                "`tracking.uri` (or --tracking-uri), or set tracking: none"
+            ) from None
     elif config.kind == "tensorboard":
         _summary_writer_class()
 

@@ -16,7 +16,7 @@ from tests.test_search import make_project
 def _no_plots(monkeypatch):
     """The report's plots are tested in test_report.py; drawing them here would take most of
     each study's time (the report's text is still written and read)."""
-    monkeypatch.setattr("sftgate.search.report.plot", lambda *args: [])
+    monkeypatch.setattr("sftgate.search.report.plots", lambda *args: [])
     monkeypatch.setattr("sftgate.search.report.curve_plots", lambda *args: [])
 
 

@@ -242,4 +242,4 @@ def test_stop_decisions_show_and_report_carry_the_gap(tmp_path, capsys):
     report = (tmp_path / "work" / "report.md").read_text(encoding="utf-8")
     assert "## Is the gate reachable?" in report and "Ceiling 100.00" in report
     assert "**The gap**" in report and "| kind | questions |" in report
-    assert (tmp_path / "work" / "scores_vs_ceiling.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "work" / "scores.png").read_bytes()[:4] == b"\x89PNG"  # with the ceiling

@@ -43,9 +43,11 @@ def hlines(fig) -> dict[str, float]:
 
 
 def test_scores_plot_has_the_gate_ceiling_and_best_so_far():
-    fig = scores_figure(RUNS, 95.0, 95.95)
-    assert hlines(fig) == {"gate 95": 95.0, "ceiling 96.0": 95.95}
-    bars = [p.get_height() for p in fig.axes[0].patches]
+    fig = scores_figure(RUNS, 95.0, (95.95, (94.5, 97.0)))
+    assert hlines(fig) == {"gate 95": 95.0, "ceiling 96.0 (95% band)": 95.95}
+    band = fig.axes[0].patches[-1].get_bbox()  # the ceiling's interval, drawn as a band
+    assert (band.y0, band.y1) == (94.5, 97.0)
+    bars = [p.get_height() for p in fig.axes[0].patches[:-1]]  # the bars, then the band
     assert bars == [41.0, 62.5, 58.0]  # the failed run has no bar
     best = next(line for line in fig.axes[0].get_lines() if line.get_label() == "best so far")
     assert list(best.get_ydata()) == [41.0, 62.5, 62.5]

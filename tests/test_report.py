@@ -106,7 +106,7 @@ def test_report_matches_the_golden_file(tmp_path):
     assert text == GOLDEN.read_text(encoding="utf-8"), (
         "the rendered report changed; if on purpose, re-record with SFTGATE_RECORD_GOLDEN=1"
     )
-    for png in ("metrics_per_run.png", "best_by_round.png"):
+    for png in ("scores.png", "loss.png", "submetrics.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 

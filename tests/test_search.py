@@ -101,6 +101,7 @@ def make_project(root: Path, **policy: Any) -> Path:
         },
         "workdir": "work",
         "registry": "registry.sqlite",
+        "tracking": {"kind": "tensorboard", "uri": "tb"},  # relative to the config's folder
         "decode": {"max_new_tokens": 6, "batch_size": 4, "merge_check_questions": 0},
         "policy": {
             "thresholds": {"smoke_schema": 0.0, "max_rounds": 3},
@@ -221,12 +222,140 @@ def test_search_walks_the_seed_rounds_and_records_everything(finished):
     assert result.study.status == "finished"
     report = (root / "work" / "report.md").read_text(encoding="utf-8")
     assert "not expected to pass the gate" in report and "Gate: not passed" in report
-    assert (root / "work" / "metrics_per_run.png").stat().st_size > 1000
+    for png in ("scores.png", "loss.png", "submetrics.png", "context_recall.png"):
+        assert (root / "work" / png).stat().st_size > 1000
     assert (root / "work" / "report.html").exists()
     reg = Registry(root / "registry.sqlite")
     decisions = reg.decisions(result.study.id)
     assert [d["action"] for d in decisions] == ["train", "train", "train", "stop"]
     assert len(reg.question_scores(rounds[1][0]["id"])) == 3
+
+
+def page_data(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    tag = '<script type="application/json" id="data">'
+    start = text.index(tag) + len(tag)
+    return json.loads(text[start : text.index("</script>", start)])
+
+
+@pytest.mark.slow
+def test_the_report_links_a_failure_browser_of_every_evaluated_run(finished):
+    root = finished.config.parent
+    reg = Registry(root / "registry.sqlite")
+    done = [r for r in reg.runs() if r.state.value == "done"]
+    assert "[failures.html](failures.html)" in (root / "work" / "report.md").read_text("utf-8")
+    assert "<a href='failures.html'>" in (root / "work" / "report.html").read_text("utf-8")
+    data = page_data(root / "work" / "failures.html")
+    assert [q["id"] for q in data["questions"]] == ["g0", "g1", "g2"]
+    assert data["first"] == finished.result.decision.selected_run
+    assert [r["id"] for r in data["runs"]] == [r.id for r in done]
+    for r in done:
+        lines = (Path(str(r.gate_dir)) / "predictions.jsonl").read_text("utf-8").splitlines()
+        outputs = {d["id"]: d["output"] for d in map(json.loads, lines)}
+        shown = next(x for x in data["runs"] if x["id"] == r.id)["results"]
+        assert {q: v["output"] for q, v in shown.items()} == outputs
+        scores = {s.id: round(s.eval_score, 2) for s in reg.question_scores(r.id)}
+        assert {q: v["score"] for q, v in shown.items()} == scores
+    # the passages the gate evaluation read: the study's frozen contexts, top 1
+    assert all(len(q["passages"]) == 1 for q in data["questions"])
+
+
+@pytest.mark.slow
+def test_the_search_mirrors_the_study_into_tensorboard(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = finished.config.parent
+    reg = Registry(root / "registry.sqlite")
+    finished_runs = [r for r in reg.runs() if r.state.value in ("done", "failed")]
+    folder = root / "tb" / "tiny-study"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["_study", *(r.id for r in finished_runs)]
+    )
+    for r in finished_runs:
+        acc = EventAccumulator(str(folder / r.id), size_guidance={"scalars": 0})
+        acc.Reload()
+        if r.train_meta:
+            losses = [e.value for e in acc.Scalars("train/loss")]
+            assert losses == pytest.approx(r.train_meta["loss_per_step"], rel=1e-6)
+        if r.metrics is not None:
+            assert acc.Scalars("gate/eval_score_avg")[0].value == pytest.approx(
+                r.metrics.eval_score_avg
+            )
+    study = EventAccumulator(str(folder / "_study"), size_guidance={"tensors": 0})
+    study.Reload()
+    assert len(study.Tensors("decisions/text_summary")) == len(
+        reg.decisions(finished.result.study.id)
+    )
+
+
+@pytest.mark.slow
+def test_export_backfills_the_finished_study_into_mlflow(finished, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="pip install 'sftgate[mlflow]'")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    root = finished.config.parent
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    argv = ["export", "mlflow", "tiny-study", "--registry", str(root / "registry.sqlite")]
+    assert main([*argv, "--tracking-uri", uri]) == 0
+    assert main([*argv, "--tracking-uri", uri]) == 0  # again: nothing is logged twice
+    reg = Registry(root / "registry.sqlite")
+    study = finished.result.study
+    runs = {r.id: r for r in reg.runs() if r.state.value in ("done", "failed")}
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny-study")
+    [parent] = client.search_runs([exp.experiment_id], f"tags.`sftgate.study_id` = '{study.id}'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sftgate.decision"].startswith("stop: ")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == sorted(runs)
+    for child in children:
+        r = runs[child.info.run_name]
+        assert child.data.params["max_steps"] == str(r.params.max_steps)
+        assert child.data.tags["prompt_sha256"] == study.pins["prompt_sha256"]
+        inputs = {i.dataset.digest for i in child.inputs.dataset_inputs}
+        assert study.pins["train_set_version"][:32] in inputs
+        if r.state.value == "failed":
+            assert child.info.status == "FAILED" and child.data.tags["sftgate.failure"] == r.failure
+            continue
+        assert r.train_meta is not None and r.metrics is not None
+        loss = client.get_metric_history(child.info.run_id, "train/loss")
+        assert [m.value for m in loss] == pytest.approx(r.train_meta["loss_per_step"])
+        assert child.data.metrics["gate/eval_score_avg"] == pytest.approx(r.metrics.eval_score_avg)
+        commit = r.train_meta["provenance"]["git"]["commit"]
+        assert child.data.tags.get("mlflow.source.git.commit") == commit
+        files = {f.path for f in client.list_artifacts(child.info.run_id, "adapter")}
+        assert "adapter/adapter_model.safetensors" in files
+        assert "gate/predictions.jsonl" in {
+            f.path for f in client.list_artifacts(child.info.run_id, "gate")
+        }
+    decisions = Path(client.download_artifacts(parent.info.run_id, "decisions.json"))
+    assert len(json.loads(decisions.read_text())["decisions"]) == len(reg.decisions(study.id))
+    assert (
+        main(["export", "mlflow", "no-such-study", "--registry", str(root / "registry.sqlite")])
+        == 2
+    )
+
+
+@pytest.mark.slow
+def test_a_failing_tracker_is_reported_and_the_search_goes_on(finished, tmp_path):
+    from sftgate.search.driver import Tracker
+    from sftgate.search.live import LiveView
+    from sftgate.tracking import TrackingConfig
+
+    class Logged(LiveView):  # the live view, keeping the lines it shows
+        lines: list[str] = []
+
+        def log(self, message: str) -> None:
+            self.lines.append(message)
+
+    reg = Registry(finished.config.parent / "registry.sqlite")
+    (tmp_path / "a-file").write_text("", encoding="utf-8")  # no folder can be made under it
+    broken = TrackingConfig(kind="mlflow", uri=f"sqlite:///{tmp_path / 'a-file' / 'x.db'}")
+    view = Logged("tiny-study", [], False, 1)
+    Tracker(reg, "tiny-study", broken, view)()  # does not raise
+    [line] = view.lines
+    assert "tracking: mlflow failed" in line and "sftgate export mlflow tiny-study" in line
 
 
 @pytest.mark.slow

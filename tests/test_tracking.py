@@ -60,6 +60,7 @@ def study(tmp_path: Path, *, full: bool = False, finished: bool = False) -> Trac
         git_commit="c" * 40,
         loss_per_step=[2.5, 2.0, 1.25],
         metrics={"gate": GATE} | ({"full": {"eval_score_avg": 40.0}} if full else {}),
+        curve=[(1, {"eval_score_avg": 20.0}), (2, {"eval_score_avg": 35.0})],
         datasets=[
             DatasetRef("train", "/data/question_v1.json", "t" * 64),
             DatasetRef("gate", "/data/dev100.json", "g" * 64),
@@ -117,6 +118,10 @@ def test_mlflow_study_read_back_with_the_client(tmp_path, store):
     loss = client.get_metric_history(done.info.run_id, "train/loss")
     assert [(m.step, m.value) for m in loss] == [(1, 2.5), (2, 2.0), (3, 1.25)]
     assert done.data.metrics["gate/eval_score_avg"] == 41.5
+    curve = client.get_metric_history(done.info.run_id, "curve/eval_score_avg")
+    assert [(m.step, m.value) for m in curve] == [(1, 20.0), (2, 35.0)]
+    assert (folder / "mlartifacts").is_dir()  # beside the SQLite file, not in the current folder
+    assert not Path("mlruns").exists()
     inputs = {
         i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags})
         for i in done.inputs.dataset_inputs
@@ -205,6 +210,10 @@ def test_tensorboard_read_back_with_the_event_reader(tmp_path):
     run = events(folder / "r0-0-abc123")
     assert [(e.step, e.value) for e in run.Scalars("train/loss")] == [(1, 2.5), (2, 2.0), (3, 1.25)]
     assert run.Scalars("gate/eval_score_avg")[0].value == 41.5
+    assert [(e.step, e.value) for e in run.Scalars("curve/eval_score_avg")] == [
+        (1, 20.0),
+        (2, 35.0),
+    ]
     tags = run.Tensors("tags/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "i" * 64 in tags and "c" * 40 in tags
     params = run.Tensors("train_params/text_summary")[0].tensor_proto.string_val[0].decode()
@@ -301,9 +310,28 @@ def test_a_missing_tracker_library_fails_before_any_work(tmp_path, monkeypatch, 
     import sys
 
     from sftgate.cli import main
+    from tests.conftest import PROMPT_PATH, make_question, write_json
 
+    passages = [{"source_path": "it/vpn.md", "text": "員工須填寫 IT-07 遠端存取申請表。"}]
+    items = [make_question("q1", contexts=passages)]
+    write_json(tmp_path / "q.json", {"index_version": "idx", "questions": items})
+    (tmp_path / "t.yaml").write_text(
+        f"kind: train\nmodel: tiny-qwen3\nquestions: {tmp_path / 'q.json'}\nprompt: {PROMPT_PATH}\n"
+        f"out: {tmp_path / 'o'}\n",
+        "utf-8",
+    )
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if MLflow were not installed
-    argv = ["train", "--config", str(tmp_path / "none.yaml"), "--tracking", "mlflow"]
-    (tmp_path / "none.yaml").write_text("kind: train\nquestions: q.json\nout: o\n", "utf-8")
-    assert main(argv) == 1
+    assert main(["train", "--config", str(tmp_path / "t.yaml"), "--tracking", "mlflow"]) == 1
+    assert not (tmp_path / "o").exists()  # nothing trained
     assert "pip install 'sftgate[mlflow]'" in capsys.readouterr().err
+
+
+def test_a_store_that_cannot_be_opened_is_an_error_before_any_work(tmp_path):
+    from sftgate.errors import SftgateError
+    from sftgate.tracking import check_installed
+
+    (tmp_path / "a-file").write_text("", encoding="utf-8")  # no folder can be made under it
+    with pytest.raises(SftgateError, match="tracking: mlflow cannot use the store"):
+        check_installed(
+            TrackingConfig(kind="mlflow", uri=f"sqlite:///{tmp_path / 'a-file' / 'x.db'}")
+        )

@@ -14,10 +14,22 @@ from rich.console import Console
 from rich.markup import escape
 
 from sftgate import __version__
-from sftgate.cli import ceiling, data, eval, index, init, plan, score, study, train, validate
+from sftgate.cli import (
+    ceiling,
+    data,
+    eval,
+    export,
+    index,
+    init,
+    plan,
+    score,
+    study,
+    train,
+    validate,
+)
 from sftgate.errors import InputError, SftgateError
 
-COMMANDS = [init, validate, score, data, index, ceiling, train, eval, plan, study]
+COMMANDS = [init, validate, score, data, index, ceiling, train, eval, plan, study, export]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

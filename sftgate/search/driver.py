@@ -45,6 +45,8 @@ from sftgate.search.planner import (
 from sftgate.search.registry import Registry, RunState, Study
 from sftgate.search.runner import RunOutcome, RunSpec
 from sftgate.search.study import StudyConfig, load_study_config
+from sftgate.search.tracking import sync_study
+from sftgate.tracking import TrackingConfig, check_installed
 
 # ---------------------------------------------------------------------- the driver's registry writes
 
@@ -287,10 +289,12 @@ def execute(
     reg: Registry,
     view: LiveView,
     pins: dict[str, str] | None = None,
+    recorded: Callable[[], None] = lambda: None,
 ) -> list[RunOutcome]:
     """Run specs on the executor, at most its capacity at once, and record each outcome as it
-    arrives (checked against the study's `pins`). Runs that lost their worker (RunsLost) or
-    that their environment failed (EnvironmentFailed) stop the search once the others are in."""
+    arrives (checked against the study's `pins`; then call `recorded`). Runs that lost their
+    worker (RunsLost) or that their environment failed (EnvironmentFailed) stop the search once
+    the others are in."""
     watch = StageRecorder(reg, view)
     pending, running, outcomes = list(specs), set[str](), list[RunOutcome]()
     try:
@@ -304,6 +308,7 @@ def execute(
                 running.discard(outcome.run_id)
                 spec = next(s for s in specs if s.run_id == outcome.run_id)
                 record_outcome(reg, spec, outcome, pins)
+                recorded()
                 view.finished(spec, outcome)
                 outcomes.append(outcome)
     except BaseException:
@@ -330,9 +335,11 @@ def drive(
     view: LiveView,
     check: Callable[[], None] = lambda: None,
     max_steps_of_the_loop: int = 100,
+    recorded: Callable[[], None] = lambda: None,
 ) -> Decision:
     """Plan, execute, record until the planner stops; returns its last decision. Resumable: what
-    the registry holds is never redone. `check` runs before each round's work (the lease)."""
+    the registry holds is never redone. `check` runs before each round's work (the lease);
+    `recorded` after each outcome and decision is recorded (the tracker's sync)."""
     for _ in range(max_steps_of_the_loop):
         planned = reg.runs(study.id, state=RunState.PLANNED)
         if planned:
@@ -341,7 +348,7 @@ def drive(
             for r in planned:
                 view.log(f"[bold]round {r.round}[/bold] · {r.id}: {r.reason}")
             gate = [spec(r.id, r.params, "gate") for r in planned]
-            execute(gate, executor, reg, view, study.pins)
+            execute(gate, executor, reg, view, study.pins, recorded)
         view.set_round(view.round, 0)
         view.set_stage("planner", "planning")
         decision = plan_next(history(reg, study), policy)
@@ -349,6 +356,7 @@ def drive(
             [(c.params, c.reason) for c in decision.configs] if decision.action == "train" else None
         )
         reg.record_decision(study, decision.model_dump(mode="json"), configs)
+        recorded()
         view.log(
             f"[bold]planner:[/bold] {decision.action} (round {decision.round}): {decision.reason}"
         )
@@ -361,9 +369,10 @@ def drive(
             assert run is not None
             view.set_round(f"{decision.round} (full set)", 1)
             reg.start_full(run.id)
-            execute([spec(run.id, run.params, "full")], executor, reg, view, study.pins)
+            execute([spec(run.id, run.params, "full")], executor, reg, view, study.pins, recorded)
         if decision.action == "stop":
             reg.set_study_status(study.id, "finished")
+            recorded()  # the study's status
             return decision
     raise SftgateError(f"the search loop did not finish in {max_steps_of_the_loop} steps")
 
@@ -408,6 +417,30 @@ def fmt_recall(value: float | None) -> str:
 
 
 @dataclass(frozen=True)
+class Tracker:
+    """The study mirrored into its tracker after each record. A tracker that fails (its server
+    is down) does not stop the search: the registry has everything, and the live view says how
+    to back-fill the tracker later."""
+
+    reg: Registry
+    study: str
+    config: TrackingConfig
+    view: LiveView
+
+    def __call__(self) -> None:
+        if self.config.kind == "none":
+            return
+        try:
+            sync_study(self.reg, self.study, self.config)
+        except Exception as e:  # noqa: BLE001 - the tracker is a mirror; the registry holds all
+            kind = self.config.kind
+            self.view.log(
+                f"[yellow]tracking: {kind} failed ({type(e).__name__}: {e}); the registry has "
+                f"every result: `sftgate export {kind} {self.study}` back-fills it[/yellow]"
+            )
+
+
+@dataclass(frozen=True)
 class SearchResult:
     study: Study
     decision: Decision
@@ -444,6 +477,7 @@ def search(
 
     config = load_study_config(config_path, overrides)
     inputs = pin_inputs(config)
+    check_installed(config.tracking)
     reg = Registry(config.registry)
     lease: HeldLease | None = None
     try:
@@ -469,9 +503,19 @@ def search(
         view.where = executor.where()
         # Progress bars of train and evaluate nest in the live view only in this process.
         specs = Specs(pinned, inputs, progress and executor.nests_progress)
+        track = Tracker(reg, study.name, config.tracking, view)
         with view.shown():
             try:
-                decision = drive(reg, study, config.policy, executor, specs.spec, view, lease.check)
+                decision = drive(
+                    reg,
+                    study,
+                    config.policy,
+                    executor,
+                    specs.spec,
+                    view,
+                    lease.check,
+                    recorded=track,
+                )
             except RunsLost as e:
                 raise RunsLost(e.lost, config_path) from None
             except EnvironmentFailed as e:

@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sftgate.errors import MismatchError, SftgateError
+from sftgate.errors import InputError, MismatchError, Problem, SftgateError
 from sftgate.params import TrainParams
 from sftgate.paths import data_dir
 from sftgate.scoring import METRIC_KEYS, Metrics, QuestionScore
@@ -382,6 +382,16 @@ class Registry:
             row["created_at"],
             json.loads(row["reach_json"]) if row["reach_json"] else None,
         )
+
+    def require_study(self, name: str) -> Study:
+        """The study called `name` (or with that id); an InputError naming the known ones if none."""
+        study = self.study(name)
+        if study is None:
+            names = ", ".join(s.name for s in self.studies()) or "none"
+            raise InputError(
+                Problem(str(self.path), name, "study", "no such study", f"known studies: {names}")
+            )
+        return study
 
     def studies(self) -> list[Study]:
         names = [r["name"] for r in self.db.execute("SELECT name FROM studies ORDER BY created_at")]

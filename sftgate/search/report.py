@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftgate.errors import InputError, Problem
+from sftgate.errors import SftgateError
 from sftgate.fsutil import atomic_write_text
 from sftgate.params import SEED_PARAM_NAMES
+from sftgate.plots import SUBMETRICS, QuestionPoint, RunPoint, write_plots
 from sftgate.scoring import METRIC_KEYS
+from sftgate.search.browse import PAGE, write_study_browser
 from sftgate.search.planner import CurvePoint, Policy, Thresholds
 from sftgate.search.registry import PIN_KEYS, FullState, Registry, Run, Study
 from sftgate.tiny import TINY_MODEL_ID
@@ -42,12 +44,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list[Block]:
-    study = reg.study(study_name)
-    if study is None:
-        names = ", ".join(s.name for s in reg.studies()) or "none"
-        raise InputError(
-            Problem(str(reg.path), study_name, "study", "no such study", f"known studies: {names}")
-        )
+    study = reg.require_study(study_name)
     runs = reg.runs(study.id)
     decisions = reg.decisions(study.id)
     thresholds = Policy.model_validate(study.config.get("policy", {})).thresholds
@@ -65,15 +62,19 @@ def build_blocks(reg: Registry, study_name: str, image_dir: Path | None) -> list
         blocks += round_blocks(round_, [r for r in runs if r.round == round_])
     if image_dir is not None and any(r.metrics is not None for r in runs):
         blocks.append(Block("h2", "Plots"))
+        blocks.append(Block("p", PLOTS_NOTE))
+        selected = selected_run(runs, final)
         ceiling = (study.reach["ceiling"], study.reach["ceiling_ci95"]) if study.reach else None
-        images = plot(runs, thresholds.gate_score, image_dir, ceiling)
-        blocks += [Block("image", name) for name in images]
+        names = plots(reg, runs, selected, thresholds.gate_score, image_dir, ceiling)
+        blocks += [Block("image", name) for name in names]
         curves = {r.id: reg.curve(r.id) for r in runs if r.metrics is not None}
         if any(curves.values()):
             blocks.append(Block("h2", "Learning curves"))
             blocks.append(Block("p", CURVES_NOTE))
             pngs = curve_plots(runs, curves, thresholds.gate_score, image_dir)
             blocks += [Block("image", png) for png in pngs]
+    if image_dir is not None:
+        blocks += browser_blocks(reg, study, image_dir, thresholds.gate_score, final)
     blocks.append(Block("h2", "Planner decisions"))
     blocks.append(
         Block(
@@ -315,80 +316,69 @@ def curve_plots(
     return names
 
 
-def plot(
+PLOTS_NOTE = (
+    "Scores per run with the gate and the ceiling (with its 95% band, where the study records "
+    "one) as lines; each "
+    "run's training loss; the sub-metrics as a table of colours; the selected run's questions "
+    "grouped by how much of their evidence retrieval found."
+)
+
+
+def selected_run(runs: Sequence[Run], final: dict[str, Any] | None) -> Run | None:
+    """The final decision's selected run, else the best-scoring evaluated one."""
+    done = [r for r in runs if r.metrics is not None]
+    chosen = final.get("selected_run") if final else None
+    found = next((r for r in done if r.id == chosen), None)
+    return found or max(
+        done, key=lambda r: r.metrics.eval_score_avg if r.metrics else 0, default=None
+    )
+
+
+def plots(
+    reg: Registry,
     runs: Sequence[Run],
+    selected: Run | None,
     gate_score: float,
     out_dir: Path,
-    ceiling: tuple[float, Sequence[float]] | None = None,
+    ceiling: tuple[float, Sequence[float]] | None,
 ) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [(r, r.metrics) for r in runs if r.metrics is not None]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = [r.id.rsplit("-", 1)[0] for r, _ in done]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    scores = [m.eval_score_avg for _, m in done]
-    cis = [m.eval_score_ci95 or (None, None) for _, m in done]
-    err = [
-        [s - (lo or s) for s, (lo, _) in zip(scores, cis)],
-        [(hi or s) - s for s, (_, hi) in zip(scores, cis)],
+    """The plots of sftgate.plots from the runs; `ceiling`: (value, 95% interval), recorded with
+    the study by `sftgate ceiling` before round 0 (None for a study without one)."""
+    points = [
+        RunPoint(
+            label=f"r{r.round}-{r.position}",
+            round=r.round,
+            score=r.metrics.eval_score_avg if r.metrics else None,
+            ci=r.metrics.eval_score_ci95 if r.metrics else None,
+            metrics={k: getattr(r.metrics, k) for k in SUBMETRICS} if r.metrics else {},
+            loss=(r.train_meta or {}).get("loss_per_step", ()),
+        )
+        for r in runs
     ]
-    axes[0].bar(labels, scores, yerr=err, color="#4c72b0", capsize=3)
-    axes[0].axhline(gate_score, color="#c44e52", linestyle="--", label=f"gate {gate_score}")
-    axes[0].set_ylim(0, 100)
-    axes[0].set_title("eval_score_avg per run (95% CI)")
-    axes[0].legend()
-    for key, color in (
-        ("schema_pass_rate", "#55a868"),
-        ("grounding_avg", "#8172b2"),
-        ("detailed_description_f1", "#ccb974"),
-        ("original_evidence", "#64b5cd"),
-        ("answer_f1", "#dd8452"),
-    ):
-        axes[1].plot(labels, [getattr(m, key) for _, m in done], marker="o", label=key, color=color)
-    axes[1].set_ylim(-0.02, 1.02)
-    axes[1].set_title("sub-metrics per run")
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    fig.savefig(out_dir / "metrics_per_run.png", dpi=110)
-    plt.close(fig)
+    questions = None
+    if selected is not None:
+        scores = reg.question_scores(selected.id, "gate")
+        label = f"r{selected.round}-{selected.position}"
+        questions = (label, [QuestionPoint(s.context_recall, s.eval_score) for s in scores])
+    return write_plots(points, questions, gate_score, ceiling, out_dir)
 
-    rounds = sorted({r.round for r, _ in done})
-    best, running = [], float("-inf")
-    for rd in rounds:
-        running = max(running, max(m.eval_score_avg for r, m in done if r.round == rd))
-        best.append(running)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(rounds, best, marker="o", label="best eval_score_avg so far")
-    ax.axhline(gate_score, color="#c44e52", linestyle="--", label=f"gate {gate_score}")
-    ax.set_xticks(rounds)
-    ax.set_xlabel("round")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "best_by_round.png", dpi=110)
-    plt.close(fig)
-    if ceiling is None:
-        return ["metrics_per_run.png", "best_by_round.png"]
-    value, (lo, hi) = ceiling
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    ax.plot(labels, scores, marker="o", linestyle="none", color="#4c72b0", label="eval_score_avg")
-    ax.axhspan(lo, hi, color="#55a868", alpha=0.2)
-    ax.axhline(value, color="#55a868", label=f"ceiling {value:.2f} (95% CI band)")
-    ax.axhline(gate_score, color="#c44e52", linestyle="--", label=f"gate {gate_score}")
-    ax.set_ylim(0, 100)
-    ax.set_title("runs against the ceiling and the gate")
-    ax.tick_params(axis="x", rotation=45)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "scores_vs_ceiling.png", dpi=110)
-    plt.close(fig)
-    return ["metrics_per_run.png", "best_by_round.png", "scores_vs_ceiling.png"]
+
+def browser_blocks(
+    reg: Registry, study: Study, out_dir: Path, gate_score: float, final: dict[str, Any] | None
+) -> list[Block]:
+    runs = reg.runs(study.id)
+    selected = selected_run(runs, final)
+    try:
+        write_study_browser(reg, study, out_dir, gate_score, selected.id if selected else None)
+    except SftgateError as e:
+        return [Block("h2", "Failure browser"), Block("p", f"Not written: {e}.")]
+    text = (
+        f"[{PAGE}]({PAGE}): every gate question of each evaluated run, lowest score first, with "
+        "its passages (the reference evidence highlighted), the raw output, the schema error and "
+        "each field's score; a second run side by side; filters by question kind and failure "
+        "reason. One file, no server: open it in a browser."
+    )
+    return [Block("h2", "Failure browser"), Block("p", text)]
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
@@ -417,6 +407,7 @@ def _inline(text: str) -> str:
     import re
 
     t = html.escape(text)
+    t = re.sub(r"\[([^\]]+)\]\(([\w./-]+\.html)\)", r"<a href='\2'>\1</a>", t)  # [page](page.html)
     t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
 

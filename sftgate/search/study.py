@@ -19,6 +19,7 @@ from sftgate.paths import data_dir
 from sftgate.search.executors import ExecutorConfig
 from sftgate.search.planner import Policy
 from sftgate.tiny import TINY_MODEL_ID
+from sftgate.tracking import TrackingConfig
 
 
 class RetrievalConfig(StrictModel):
@@ -79,11 +80,17 @@ class StudyConfig(StrictModel):
         description="where runs execute: `local` (this machine's GPUs) or `ray` (a cluster); "
         "`executor: ray` is short for `executor: {kind: ray}`",
     )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="mirror the study into MLflow or TensorBoard as it runs (not pinned: the "
+        "registry stays the source of truth); `tracking: mlflow` is short for "
+        "`tracking: {kind: mlflow}`",
+    )
     note: str | None = Field(None, description="shown at the top of the report")
 
-    @field_validator("executor", mode="before")
+    @field_validator("executor", "tracking", mode="before")
     @classmethod
-    def _executor_kind_alone(cls, value: Any) -> Any:
+    def _kind_alone(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -95,6 +102,15 @@ class StudyConfig(StrictModel):
                 "give either workdir or executor.storage (the study's files go to STORAGE/NAME)"
             )
         return self
+
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> StudyConfig:
+        """The config as the registry recorded it (its full dump). The executor's dump names the
+        fields of both kinds, which a config may not set, so the ones at their defaults go."""
+        executor = dict(data.get("executor") or {})
+        default = ExecutorConfig(kind=executor.get("kind", "local"))
+        executor = {k: v for k, v in executor.items() if k == "kind" or v != getattr(default, k)}
+        return cls.model_validate({**data, "executor": executor})
 
     @property
     def work(self) -> Path:
@@ -143,6 +159,8 @@ def resolve(config: StudyConfig, base: Path) -> StudyConfig:
         update["retrieval"] = config.retrieval.model_copy(
             update={"corpus": p(config.retrieval.corpus)}
         )
+    if config.tracking.kind == "tensorboard" and config.tracking.uri:
+        update["tracking"] = config.tracking.model_copy(update={"uri": p(config.tracking.uri)})
     if config.executor.storage:
         update["executor"] = config.executor.model_copy(
             update={"storage": p(config.executor.storage)}
