@@ -36,7 +36,7 @@ from tests.test_search import make_project
 
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch):
-    monkeypatch.setattr("sftgate.search.report.plot", lambda runs, gate, out: [])
+    monkeypatch.setattr("sftgate.search.report.plots", lambda *args: [])
     monkeypatch.setattr("sftgate.search.report.curve_plots", lambda *args: [])
 
 

@@ -145,6 +145,12 @@ def prepare_contexts(config: StudyConfig, inputs: Inputs) -> None:
 PINNED_FILES = ("prompt", "train_questions", "gate_questions", "full_questions")
 
 
+def pinned_copy(config: StudyConfig, key: str, source: str | Path) -> Path:
+    """Where the study keeps its copy of a pinned file (`key`: prompt, gate_questions,
+    contexts_gate, ...)."""
+    return config.work / "inputs" / key / Path(source).name
+
+
 def pinned_copies(config: StudyConfig, inputs: Inputs) -> tuple[StudyConfig, Inputs]:
     """The study's own copies of its pinned files, in WORK/inputs (storage every node reaches,
     on a cluster): the prompt, the three question sets and, when brought, the contexts files.
@@ -159,7 +165,7 @@ def pinned_copies(config: StudyConfig, inputs: Inputs) -> tuple[StudyConfig, Inp
         sources |= {f"contexts_{s}": Path(getattr(config.contexts, s)) for s in SPLITS}
     copies = {}
     for key, source in sources.items():
-        copy = config.work / "inputs" / key / source.name
+        copy = pinned_copy(config, key, source)
         if not copy.exists():
             atomic_write_bytes(copy, source.read_bytes())
         copies[key] = copy
