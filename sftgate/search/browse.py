@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from sftgate.artifacts import PREDICTIONS
 from sftgate.browser import RunView, write_browser
 from sftgate.contexts import Contexts, load_contexts, resolve_passages
 from sftgate.errors import SftgateError
-from sftgate.evaluate import PREDICTIONS
 from sftgate.questions import load_questions
 from sftgate.scoring import load_predictions
 from sftgate.search.inputs import pinned_copy
