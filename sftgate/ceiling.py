@@ -203,6 +203,42 @@ def _share(points: float, n: int) -> float:
     return round(points / n, 6) if n else 0.0
 
 
+def gap_classes(
+    ids: Sequence[str], schema_errors: Mapping[str, str], evidence_retrieved: Mapping[str, bool]
+) -> dict[str, str]:
+    """Where each question's points below its ceiling went: format (the output failed parse or
+    schema), missing_evidence (its evidence was not retrieved), else model."""
+    return {
+        q: "format"
+        if q in schema_errors
+        else "missing_evidence"
+        if not evidence_retrieved[q]
+        else "model"
+        for q in ids
+    }
+
+
+def gap_parts(
+    members: Sequence[str],
+    cls: Mapping[str, str],
+    ceilings: Mapping[str, float],
+    scores: Mapping[str, float],
+) -> dict[str, Any]:
+    """The decomposition over some questions (all of them, or one kind's)."""
+    m = len(members)
+    lost = {c: sum(ceilings[q] - scores[q] for q in members if cls[q] == c) for c in cls.values()}
+    return {
+        "n": m,
+        "ceiling": _share(sum(ceilings[q] for q in members), m),
+        "eval_score_avg": _share(sum(scores[q] for q in members), m),
+        "retrieval": _share(
+            sum(100 - ceilings[q] for q in members) + lost.get("missing_evidence", 0.0), m
+        ),
+        "format": _share(lost.get("format", 0.0), m),
+        "model": _share(lost.get("model", 0.0), m),
+    }
+
+
 def decompose_gap(
     *,
     gate_score: float,
@@ -226,30 +262,10 @@ def decompose_gap(
         )
     ids = sorted(scores)
     n = len(ids)
-    cls = {}
-    for q in ids:
-        if q in schema_errors:
-            cls[q] = "format"
-        elif not evidence_retrieved[q]:
-            cls[q] = "missing_evidence"
-        else:
-            cls[q] = "model"
+    cls = gap_classes(ids, schema_errors, evidence_retrieved)
 
     def parts(members: Sequence[str]) -> dict[str, Any]:
-        m = len(members)
-        lost = {
-            c: sum(ceilings[q] - scores[q] for q in members if cls[q] == c) for c in cls.values()
-        }
-        return {
-            "n": m,
-            "ceiling": _share(sum(ceilings[q] for q in members), m),
-            "eval_score_avg": _share(sum(scores[q] for q in members), m),
-            "retrieval": _share(
-                sum(100 - ceilings[q] for q in members) + lost.get("missing_evidence", 0.0), m
-            ),
-            "format": _share(lost.get("format", 0.0), m),
-            "model": _share(lost.get("model", 0.0), m),
-        }
+        return gap_parts(members, cls, ceilings, scores)
 
     by_reason: dict[str, float] = {}
     for q in ids:

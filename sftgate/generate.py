@@ -61,12 +61,7 @@ def generate_batch(
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
         )
-    results = []
-    stop = set(eos_ids)
-    for row in out[:, width:].tolist():
-        end = next((j for j, t in enumerate(row) if t in stop), None)
-        results.append((row[:end], "stop") if end is not None else (row, "length"))
-    return results
+    return cut_at_end_of_turn(out[:, width:].tolist(), eos_ids)
 
 
 def greedy_generate(
@@ -193,52 +188,96 @@ def static_generate_batch(
             logits, forward = transformers_decoder(model, prompts, cache_len, pad_id)
         out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
         out[:, 0] = logits.argmax(-1)
-        token = out[:, :1].clone()
-        position = torch.tensor([[len(p)] for p in prompts], device=device)
-        slot = torch.tensor([width], device=device)
-        step = torch.tensor([1], device=device)
-        eos = torch.tensor(list(eos_ids) or [-1], device=device)
-
-        def decode_step() -> None:
-            nxt = forward(token, position, slot).argmax(-1, keepdim=True)
-            out.index_copy_(1, step, nxt)
-            token.copy_(nxt)
-            position.add_(1)
-            slot.add_(1)
-            step.add_(1)
-
-        def all_ended(done_steps: int) -> bool:
-            return bool(torch.isin(out[:, :done_steps], eos).any(-1).all())
-
-        steps_left = max_new_tokens - 1
-        warmup = min(steps_left, 2 if cuda_graph else steps_left)
-        done = 1
-        if cuda_graph:
-            # warm-up steps are real steps (run eagerly on a side stream, as capture requires)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    decode_step()
-            torch.cuda.current_stream().wait_stream(side)
-        else:
-            warmup = 0
-        done += warmup
-        graph = None
-        if cuda_graph and done < max_new_tokens:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                decode_step()  # recorded, not run
-        while done < max_new_tokens:
-            if done % stop_check_every == 0 and all_ended(done):
-                break
-            if graph is not None:
-                graph.replay()
-            else:
-                decode_step()
-            done += 1
+        state = DecodeState(
+            out=out,
+            token=out[:, :1].clone(),
+            position=torch.tensor([[len(p)] for p in prompts], device=device),
+            slot=torch.tensor([width], device=device),
+            step=torch.tensor([1], device=device),
+            eos=torch.tensor(list(eos_ids) or [-1], device=device),
+        )
+        done = decode_loop(forward, state, max_new_tokens, cuda_graph, stop_check_every)
         rows = out[:, :done].tolist()
-        del graph
+    return cut_at_end_of_turn(rows, eos_ids)
+
+
+@dataclass
+class DecodeState:
+    """The preallocated tensors one decode step reads and advances in place."""
+
+    out: Any  # (batch, max_new_tokens) tokens so far
+    token: Any  # (batch, 1) the last token
+    position: Any  # (batch, 1) its position
+    slot: Any  # (1,) its cache slot
+    step: Any  # (1,) its column in out
+    eos: Any  # end-of-turn ids
+
+    def advance(self, forward: Callable[[Any, Any, Any], Any]) -> None:
+        nxt = forward(self.token, self.position, self.slot).argmax(-1, keepdim=True)
+        self.out.index_copy_(1, self.step, nxt)
+        self.token.copy_(nxt)
+        self.position.add_(1)
+        self.slot.add_(1)
+        self.step.add_(1)
+
+    def all_ended(self, done_steps: int) -> bool:
+        import torch
+
+        return bool(torch.isin(self.out[:, :done_steps], self.eos).any(-1).all())
+
+
+def decode_loop(
+    forward: Callable[[Any, Any, Any], Any],
+    state: DecodeState,
+    max_new_tokens: int,
+    cuda_graph: bool,
+    stop_check_every: int,
+) -> int:
+    """Decode steps until max_new_tokens or every row has ended (checked every
+    `stop_check_every` steps); on CUDA the step is captured once as a graph and replayed.
+    Returns the number of tokens decoded."""
+    import torch
+
+    def decode_step() -> None:
+        state.advance(forward)
+
+    steps_left = max_new_tokens - 1
+    warmup = min(steps_left, 2 if cuda_graph else steps_left)
+    done = 1
+    if cuda_graph:
+        # warm-up steps are real steps (run eagerly on a side stream, as capture requires)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                decode_step()
+        torch.cuda.current_stream().wait_stream(side)
+    else:
+        warmup = 0
+    done += warmup
+    graph = None
+    if cuda_graph and done < max_new_tokens:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            decode_step()  # recorded, not run
+    while done < max_new_tokens:
+        if done % stop_check_every == 0 and state.all_ended(done):
+            break
+        if graph is not None:
+            graph.replay()
+        else:
+            decode_step()
+        done += 1
+    if graph is not None:
+        torch.cuda.current_stream().synchronize()  # the replays are done before it is freed
+    del graph
+    return done
+
+
+def cut_at_end_of_turn(
+    rows: Sequence[list[int]], eos_ids: Sequence[int]
+) -> list[tuple[list[int], str]]:
+    """Each row up to its first end-of-turn token ("stop"), or whole ("length")."""
     stop = set(eos_ids)
     results = []
     for row in rows:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:  # imported where used: they load the index and plotting libraries
+    from sftgate.index.tune import TuneRow
+    from sftgate.search.planner import Thresholds
 
 from sftgate.config import validation_problems
 from sftgate.contexts import write_contexts
@@ -125,7 +130,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from sftgate.budget import budget_tokenizer
-    from sftgate.index.tune import choose, plot_tune, retrieval_block, retrievers_for, tune
+    from sftgate.index.tune import choose, retrieval_block, retrievers_for, tune
     from sftgate.prompt import load_prompt
     from sftgate.search.study import load_study_config
 
@@ -165,26 +170,9 @@ def run_tune(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else config.work / "tune"
     best = choose(rows, max_length)
     current = next(row for row in rows if row.current)
-    atomic_write_json(
-        out / "tune.json",
-        {
-            "max_length": max_length,
-            "tokenizer": tok.description,
-            "chosen": best.to_json() if best else None,
-            "current": current.to_json(),
-            "rows": [row.to_json() for row in rows],
-        },
-    )
-    plot = plot_tune(
-        rows,
-        best,
-        policy.thresholds.gate_score,
-        policy.thresholds.margin,
-        max_length,
-        out / "tune.png",
-    )
+    _write_tune(out, rows, best, current, max_length, tok.description, policy.thresholds)
     console.print(_tune_table(rows, best, max_length, tok.description))
-    console.print(f"table -> {out / 'tune.json'}, plot -> {plot}")
+    console.print(f"table -> {out / 'tune.json'}, plot -> {out / 'tune.png'}")
     if best is None:
         console.print(
             f"[red]no setting's p95 prompt + completion fits max_length {max_length}[/red]"
@@ -202,6 +190,31 @@ def run_tune(args: argparse.Namespace) -> int:
     console.print(f"paste into a new study (-> {out / 'retrieval.yaml'}):\n")
     console.print(block, markup=False)
     return 0
+
+
+def _write_tune(
+    out: Path,
+    rows: Sequence[TuneRow],
+    best: TuneRow | None,
+    current: TuneRow,
+    max_length: int,
+    tokenizer: str,
+    thresholds: Thresholds,
+) -> None:
+    """tune.json (every setting measured, the chosen and the current one) and tune.png."""
+    from sftgate.index.tune import plot_tune
+
+    atomic_write_json(
+        out / "tune.json",
+        {
+            "max_length": max_length,
+            "tokenizer": tokenizer,
+            "chosen": best.to_json() if best else None,
+            "current": current.to_json(),
+            "rows": [row.to_json() for row in rows],
+        },
+    )
+    plot_tune(rows, best, thresholds.gate_score, thresholds.margin, max_length, out / "tune.png")
 
 
 def _config_relative(path: str, base: Path) -> str:
@@ -270,8 +283,41 @@ def _k_list(text: str) -> list[int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build, query and evaluate the knowledge-base index")
     isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
-    fields = IndexSettings.model_fields
+    _add_build(isub)
 
+    q = isub.add_parser("query", help="show the top passages for one question")
+    q.add_argument("index", help="index folder")
+    q.add_argument("question")
+    q.add_argument("-k", type=_positive_int, default=5, help="passages to show (default 5)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=run_query)
+
+    r = isub.add_parser(
+        "retrieve", help="write a contexts file: the top-k passages of every question"
+    )
+    r.add_argument("--index", required=True, help="index folder")
+    r.add_argument("--questions", required=True, help="question set (JSON or JSONL)")
+    r.add_argument("--top-k", type=_positive_int, required=True, help="passages per question")
+    r.add_argument("--out", required=True, help="contexts JSONL to write")
+    r.set_defaults(func=run_retrieve)
+
+    e = isub.add_parser("eval", help="recall@k, MRR and evidence share against the references")
+    e.add_argument("--index", required=True, help="index folder")
+    e.add_argument("--questions", required=True, help="question set with references")
+    e.add_argument(
+        "-k",
+        type=_k_list,
+        default=[1, 3, 5, 10],
+        help="comma-separated k values (default 1,3,5,10)",
+    )
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(func=run_eval)
+
+    _add_tune(isub)
+
+
+def _add_build(isub: argparse._SubParsersAction) -> None:
+    fields = IndexSettings.model_fields
     b = isub.add_parser("build", help="ingest a corpus, chunk it, build the retriever")
     b.add_argument(
         "--corpus",
@@ -305,34 +351,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.set_defaults(func=run_build)
 
-    q = isub.add_parser("query", help="show the top passages for one question")
-    q.add_argument("index", help="index folder")
-    q.add_argument("question")
-    q.add_argument("-k", type=_positive_int, default=5, help="passages to show (default 5)")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
-    q.set_defaults(func=run_query)
 
-    r = isub.add_parser(
-        "retrieve", help="write a contexts file: the top-k passages of every question"
-    )
-    r.add_argument("--index", required=True, help="index folder")
-    r.add_argument("--questions", required=True, help="question set (JSON or JSONL)")
-    r.add_argument("--top-k", type=_positive_int, required=True, help="passages per question")
-    r.add_argument("--out", required=True, help="contexts JSONL to write")
-    r.set_defaults(func=run_retrieve)
-
-    e = isub.add_parser("eval", help="recall@k, MRR and evidence share against the references")
-    e.add_argument("--index", required=True, help="index folder")
-    e.add_argument("--questions", required=True, help="question set with references")
-    e.add_argument(
-        "-k",
-        type=_k_list,
-        default=[1, 3, 5, 10],
-        help="comma-separated k values (default 1,3,5,10)",
-    )
-    e.add_argument("--json", action="store_true", help="print the report as JSON")
-    e.set_defaults(func=run_eval)
-
+def _add_tune(isub: argparse._SubParsersAction) -> None:
     t = isub.add_parser(
         "tune",
         help="try top_k and chunk sizes: the retrieval with the highest ceiling that fits max_length",
