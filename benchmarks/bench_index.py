@@ -4,14 +4,14 @@ plus the tokeniser / heading variants on the sample project that chose sftgate's
     python benchmarks/bench_index.py                 # writes benchmarks/results/index_<date>.json
     python benchmarks/bench_index.py --copies 4      # a quick run on ~0.8 MB
 
-Corpus: the sample knowledge base (examples/sample/kb, 47 documents) unchanged, plus `--copies`
+Corpus: the sample knowledge base (sftgate/sample/kb, 47 documents) unchanged, plus `--copies`
 enciphered copies of it under copies/NN/. Each copy maps every CJK character, Latin letter and
 digit through its own seeded permutation (Markdown syntax, punctuation and layout kept), so a copy
 has the structure, lengths and token-frequency profile of real handbook text but is not a
 duplicate of any answer: it is realistic load and noise for the index, and the reference
 source_paths of the questions still point only at the original documents.
 
-Questions: the 1,000 of examples/sample/docs/question_v2.json. Both libraries get the same chunks
+Questions: the 1,000 of sftgate/sample/docs/question_v2.json. Both libraries get the same chunks
 (sftgate's chunker), the same tokens (sftgate.index.bm25_tokens) and k1=1.5, b=0.75; bm25s uses its
 default "lucene" idf and rank-bm25 BM25Okapi its own (floored Robertson) idf, so rankings differ a
 little; recall and MRR show by how much. Times are wall-clock on whatever machine runs this (the
@@ -54,8 +54,8 @@ from sftgate.questions import Question, load_questions
 from sftgate.textnorm import nfkc_lower
 
 ROOT = Path(__file__).resolve().parents[1]
-KB = ROOT / "examples" / "sample" / "kb"
-DOCS = ROOT / "examples" / "sample" / "docs"
+KB = ROOT / "sftgate" / "sample" / "kb"
+DOCS = ROOT / "sftgate" / "sample" / "docs"
 KS = [1, 3, 5, 10]
 
 
@@ -250,7 +250,7 @@ def big_run(copies: int, questions: Sequence[Question], settings: IndexSettings)
                 "settings": settings.model_dump(mode="json"),
             },
             "questions": {
-                "file": "examples/sample/docs/question_v2.json",
+                "file": "sftgate/sample/docs/question_v2.json",
                 "retrieved": len(queries),
                 "judged (answerable)": len(answerable),
             },

@@ -4,7 +4,7 @@ the search's own `execute` (sftgate/search/driver.py) (train + gate evaluation p
     PYTHONPATH=. python benchmarks/bench_round.py --out DIR          # CUDA: random Qwen3-4B shape
     PYTHONPATH=. python benchmarks/bench_round.py --tiny --out DIR   # CPU dry run, tiny shape
 
-The sample project (`examples/sample/study.yaml`: BM25 index, top-3 passages, the 100-question
+The sample project (`sftgate/sample/study.yaml`: BM25 index, top-3 passages, the 100-question
 gate set), with `model` replaced by a random-weight checkpoint (no weights are reachable on the
 GPU machine) whose tokenizer is a byte-level BPE trained here on the sample's text, so prompts
 have about as many tokens as with Qwen3's own tokenizer. The round: the seed's round-1 configs
@@ -37,7 +37,7 @@ from shapes import QWEN3_4B, TINY  # noqa: E402 - benchmarks/ is on sys.path whe
 from sftgate.provenance import library_versions
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples" / "sample"
+SAMPLE = REPO / "sftgate" / "sample"
 LIBS = ("torch", "transformers", "peft", "bitsandbytes", "liger-kernel", "sftgate", "ray")
 
 

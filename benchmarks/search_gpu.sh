@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `sftgate search` end to end on a CUDA machine: the sample study (examples/sample/study.yaml)
+# `sftgate search` end to end on a CUDA machine: the sample study (sftgate/sample/study.yaml)
 # with a random-weight checkpoint in the Qwen3-4B shape (bench_round.py builds it; no weights
 # are reachable on the lent GPU), steps / STEPS_DIV, the smoke bar at 0 so that a random model
 # walks through rounds 0-2, decoding capped for speed, and EXECUTOR as the executor (default:
@@ -23,7 +23,7 @@ print(build_checkpoint(Path('$MODEL'), False, 'cuda'))")
 
 python3 - <<EOF
 import yaml
-study = yaml.safe_load(open("examples/sample/study.yaml", encoding="utf-8"))
+study = yaml.safe_load(open("sftgate/sample/study.yaml", encoding="utf-8"))
 div = int("${STEPS_DIV:-5}")
 study["name"] = "gpu-search-random-4b"
 study["model"] = "$MODEL"
@@ -42,10 +42,10 @@ p["round1_reasons"] = [
     for name, c in zip(("base", "conservative", "stronger"), p["round1"])
 ]
 p["steps_delta"] //= div
-yaml.safe_dump(study, open("examples/sample/study_gpu_timing.yaml", "w", encoding="utf-8"), allow_unicode=True)
+yaml.safe_dump(study, open("sftgate/sample/study_gpu_timing.yaml", "w", encoding="utf-8"), allow_unicode=True)
 EOF
 start=$(date +%s)
-python3 -m sftgate search --config examples/sample/study_gpu_timing.yaml 2>&1 |
+python3 -m sftgate search --config sftgate/sample/study_gpu_timing.yaml 2>&1 |
   grep -v -e "Loading weights" -e FutureWarning -e "warnings.warn" -e forward_call | tee "$OUT/search.log"
 echo "search wall: $(( $(date +%s) - start )) s" | tee -a "$OUT/search.log"
 COLUMNS=200 python3 -m sftgate runs --registry /tmp/sftgate-search/registry.sqlite | tee "$OUT/runs.txt"

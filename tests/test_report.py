@@ -58,7 +58,7 @@ def build_registry(path: Path) -> Registry:
     reg = Registry(path)
     policy = Policy()
     config = {"name": "golden", "policy": policy.model_dump(mode="json"), "note": "A fixed study."}
-    study, _ = reg.open_study("golden", PINS, "examples/sample/study.yaml", config)
+    study, _ = reg.open_study("golden", PINS, "sftgate/sample/study.yaml", config)
     with reg.tx() as db:  # fixed identity and time, so the rendering is byte-for-byte stable
         db.execute(
             "UPDATE studies SET id = 'study0', created_at = '2026-01-01T00:00:00+00:00' WHERE id = ?",

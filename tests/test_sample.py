@@ -1,4 +1,4 @@
-"""The sample project (examples/sample), its generator and baselines, and `sftgate init`."""
+"""The sample project (sftgate/sample), its generator and baselines, and `sftgate init`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sftgate.questions import QuestionSet, load_questions
 from sftgate.scoring import load_predictions, score_predictions
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples" / "sample"
+SAMPLE = REPO / "sftgate" / "sample"
 KB = SAMPLE / "kb"
 V1 = SAMPLE / "docs" / "question_v1.json"
 V2 = SAMPLE / "docs" / "question_v2.json"

@@ -90,7 +90,7 @@ def test_grid_settings_keep_the_embedding_model_only_where_it_is_used():
 
 
 def test_tune_command_writes_table_plot_and_block(tmp_path, capsys):
-    config = REPO / "examples/sample/study_cpu.yaml"
+    config = REPO / "sftgate/sample/study_cpu.yaml"
     out = tmp_path / "tune"
     code = main(
         ["index", "tune", "--config", str(config), "--top-k", "1,2", "--chunk-chars", "300"]
@@ -114,15 +114,15 @@ def test_tune_command_writes_table_plot_and_block(tmp_path, capsys):
 
 
 def test_tune_refuses_a_too_small_chunk(capsys):
-    config = REPO / "examples/sample/study_cpu.yaml"
+    config = REPO / "sftgate/sample/study_cpu.yaml"
     assert main(["index", "tune", "--config", str(config), "--chunk-chars", "50"]) == 2
     assert "chunk_chars" in capsys.readouterr().err
 
 
 def test_the_sample_study_is_reachable_and_lifts_the_ceiling(tmp_path):
-    """examples/sample/study.yaml's tuned retrieval against the sample's first one (BM25, top_k 3,
+    """sftgate/sample/study.yaml's tuned retrieval against the sample's first one (BM25, top_k 3,
     500/100-character chunks), as its comments say: at least 1.5 points higher, reachable."""
-    config = load_study_config(REPO / "examples/sample/study.yaml")
+    config = load_study_config(REPO / "sftgate/sample/study.yaml")
     assert config.retrieval is not None
     gate = load_questions(config.gate_questions)
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sftgate.cli.console import stdout_console
 from sftgate.cli.validate import validate
 from sftgate.errors import InputError, Problem
-from sftgate.paths import data_dir
+from sftgate.paths import SAMPLE_DIR, data_dir
 from sftgate.preflight import check_registry_file
 from sftgate.scoring import paired_comparison
 from sftgate.search import SearchResult, history, search
@@ -23,8 +24,7 @@ from sftgate.search.planner import Policy, run_gap
 from sftgate.search.registry import Registry, RunState, Study, comparable, default_path
 from sftgate.search.report import write_report
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = REPO_ROOT / "examples" / "sample" / "study_cpu.yaml"
+DEMO_CONFIG = SAMPLE_DIR / "study_cpu.yaml"
 
 
 @contextmanager
@@ -85,7 +85,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def print_result(result: SearchResult) -> int:
     """The study's end; exit code 1 when it stopped on a failure."""
-    console = Console()
+    console = stdout_console()
     console.print(f"[bold]{result.decision.action}[/bold]: {result.decision.reason}")
     console.print(f"report: {result.report} (and .html)\nregistry: {result.registry}")
     if result.failed:
@@ -106,32 +106,23 @@ def demo_overrides() -> dict[str, str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if not DEMO_CONFIG.exists():
-        raise InputError(
-            Problem(
-                str(DEMO_CONFIG),
-                "",
-                "",
-                "the sample project is not here",
-                "run the demo from a clone of the sftgate repository",
-            )
-        )
     if args.fresh:
         shutil.rmtree(data_dir() / "demo", ignore_errors=True)
     with quiet_libraries():
         result = search(DEMO_CONFIG, overrides=demo_overrides())
     code = print_result(result)
     reach = result.study.reach or {}
-    Console().print(
+    stdout_console().print(
         f"\nThe demo's retrieval (one passage per question) has a ceiling of "
         f"{reach.get('ceiling', float('nan')):.2f}: below the gate, so not even a perfect model "
         "could pass; its policy sets allow_unreachable: true so that the search goes on to show "
         "the flow."
     )
-    Console().print(
+    stdout_console().print(
         "\nThe demo ran tiny-qwen3, a random model: it shows the flow and is not expected to pass "
         "the gate. Run `sftgate demo` again and the finished study is not redone (`--fresh` starts "
-        "over). On a GPU: `sftgate search --config examples/sample/study.yaml` (Qwen/Qwen3-4B)."
+        "over). On a GPU, with Qwen/Qwen3-4B: `sftgate init --sample my-sample`, then "
+        "`sftgate search --config my-sample/study.yaml`."
     )
     return code
 
@@ -142,7 +133,7 @@ def run_report(args: argparse.Namespace) -> int:
         workdir = study.config.get("workdir") or str(data_dir() / "studies" / study.name)
         out = Path(args.out) if args.out else Path(workdir) / f"report.{args.format}"
         path = write_report(reg, args.study, out, args.format)
-    Console().print(f"report -> {path}")
+    stdout_console().print(f"report -> {path}")
     return 0
 
 
@@ -170,7 +161,7 @@ def run_runs(args: argparse.Namespace) -> int:
                 f"steps={p.max_steps} lr={p.lr:g} len={p.max_length}",
                 (r.failure or "")[:60],
             )
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -208,7 +199,7 @@ def run_compare(args: argparse.Namespace) -> int:
         assert a is not None and b is not None
         comparable(a, b)
         cmp = paired_comparison(reg.question_scores(a.id), reg.question_scores(b.id))
-    Console().print(
+    stdout_console().print(
         f"{args.run_b} minus {args.run_a} on {cmp['n']} gate questions: {cmp['mean_diff']:+.2f} eval_score points "
         f"(95% paired-bootstrap CI {cmp['ci95'][0]:+.2f} to {cmp['ci95'][1]:+.2f}); {cmp['wins']} better, {cmp['losses']} worse, {cmp['ties']} equal"
     )
