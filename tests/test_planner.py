@@ -476,3 +476,26 @@ def test_runs_scored_on_other_questions_are_not_compared():
     )
     with pytest.raises(MismatchError, match="same questions"):
         plan_next(h)
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        ({"budget_minutes": 10}, "time budget: the runs took 11.7 min >= 10"),
+        ({"max_runs": 4}, "run budget: 4 runs done >= max_runs 4"),
+        ({"budget_minutes": 12, "max_runs": 5}, None),
+    ],
+)
+def test_seed_budgets_stop_between_rounds(budget, expected):
+    """The same time and run budgets as the adaptive policy's, so that both can be compared
+    under one budget; unset (the default), the seed's rules are unchanged."""
+    rounds = [[{**r, "seconds": 100.0} for r in rd] for rd in (SMOKE_OK, ROUND1)]
+    rounds[1][0]["seconds"] = 400.0  # 100 + 400 + 100 + 100 = 700 s
+    policy = Policy.model_validate({"round0": R0, **budget})
+    d = plan_next(hist(*rounds), policy)
+    if expected is None:
+        assert d == plan_next(hist(*rounds))
+        assert d.action == "train"
+    else:
+        assert (d.action, d.round, d.selected_run) == ("stop", 1, "b")
+        assert expected in d.reason

@@ -39,6 +39,7 @@ from sftgate.search.planner import (
     first_rounds,
     gate_passed,
     seed_key,
+    spend_stop,
     with_changes,
 )
 
@@ -126,13 +127,9 @@ def rising(points: Sequence[CurvePoint]) -> tuple[bool | None, str]:
 
 
 def budget_stop(history: History, policy: Policy, last_round: int) -> str | None:
-    runs = [run for r in history.rounds for run in r.runs]
-    spent = sum(r.seconds or 0.0 for r in runs)
-    if policy.budget_minutes is not None and spent >= policy.budget_minutes * 60:
-        return f"time budget: the runs took {spent / 60:.1f} min >= {policy.budget_minutes:g}"
-    done = sum(r.status == "done" for r in runs)
-    if policy.max_runs is not None and done >= policy.max_runs:
-        return f"run budget: {done} runs done >= max_runs {policy.max_runs}"
+    spent = spend_stop(history, policy)
+    if spent:
+        return spent
     if last_round + 1 >= policy.thresholds.max_rounds:
         return f"max_rounds ({policy.thresholds.max_rounds}) reached without passing the gate"
     return None

@@ -118,13 +118,14 @@ class Policy(StrictModel):
     budget_minutes: float | None = Field(
         None,
         gt=0,
-        description="adaptive: stop when the runs' training and evaluation time reaches this",
+        description="stop when the runs' training and evaluation time (summed over runs, checkpoint "
+        "evaluations included) reaches this; checked between rounds, by either policy",
         json_schema_extra=ADDED,
     )
     max_runs: int | None = Field(
         None,
         ge=1,
-        description="adaptive: stop when this many runs are done",
+        description="stop when this many runs are done (either policy, between rounds)",
         json_schema_extra=ADDED,
     )
 
@@ -446,9 +447,32 @@ def seed_rules(history: History, policy: Policy) -> Decision:
     assert best is not None  # the latest round has a finished run
     if policy.thresholds.passes_gate(best.metrics):
         return gate_passed(best, last.round, history, policy.thresholds)
-    return stop_rule(later, best, why, policy.thresholds) or next_small_steps(
-        rounds, best, why, policy
-    )
+    stopped = stop_rule(later, best, why, policy.thresholds)
+    if stopped:
+        return stopped
+    spent = spend_stop(history, policy)
+    if spent:
+        return Decision(
+            action="stop",
+            round=last.round,
+            selected_run=best.run_id,
+            reason=f"{spent}; {why}",
+            recommendations=PROMPT_ADVICE + RETRIEVAL_ADVICE,
+        )
+    return next_small_steps(rounds, best, why, policy)
+
+
+def spend_stop(history: History, policy: Policy) -> str | None:
+    """The time and run budgets, checked between rounds (a round under way finishes), by
+    either policy; None while neither is set or reached."""
+    runs = [run for r in history.rounds for run in r.runs]
+    spent = sum(r.seconds or 0.0 for r in runs)
+    if policy.budget_minutes is not None and spent >= policy.budget_minutes * 60:
+        return f"time budget: the runs took {spent / 60:.1f} min >= {policy.budget_minutes:g}"
+    done = sum(r.status == "done" for r in runs)
+    if policy.max_runs is not None and done >= policy.max_runs:
+        return f"run budget: {done} runs done >= max_runs {policy.max_runs}"
+    return None
 
 
 def first_rounds(rounds: Sequence[RoundRecord], policy: Policy) -> Decision | None:
