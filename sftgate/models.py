@@ -6,6 +6,7 @@ compute); on the CPU it is loaded in fp32, and 4-bit works there too with fp32 c
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,11 +41,21 @@ def tiny_model_dir(seed: int = 0) -> Path:
     """tiny-qwen3 materialised once on disk, so it loads (and quantises) like any local model."""
     path = data_dir() / "models" / f"{TINY_MODEL_ID}-seed{seed}"
     if not (path / "config.json").exists():
+        import tempfile
+
         model, tokenizer = build_tiny_qwen3(seed)
-        tmp = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A folder of this process's own, renamed into place: searches started at the same time
+        # each build one, the first rename wins and the others' copies (the same bytes) go.
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".partial", dir=path.parent))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not (path / "config.json").exists():
+                raise
+            shutil.rmtree(tmp)
     return path
 
 

@@ -8,8 +8,10 @@ fresh clone and fails if the demo wrote anything into the clone.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from sftgate.cli import main
@@ -79,3 +81,20 @@ def test_ci_runs_the_demo_then_the_tests_and_checks_the_clone_stays_clean():
     demo, tests = script.index("sftgate demo"), script.index("make test")
     assert demo < tests
     assert "git status --porcelain" in script
+
+
+def test_searches_started_at_once_each_get_tiny_qwen3(tmp_path):
+    """tiny-qwen3 is built on first use into the data directory: processes that start together
+    (two searches, or parallel runs) all load it, and no half-built folder is left."""
+    code = "from sftgate.models import tiny_model_dir; print(tiny_model_dir())"
+    env = {**os.environ, "SFTGATE_HOME": str(tmp_path / "home")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outs)) == 1
+    models = tmp_path / "home" / "models"
+    assert [p.name for p in models.iterdir()] == ["tiny-qwen3-seed0"]
+    assert (models / "tiny-qwen3-seed0" / "config.json").exists()
