@@ -83,11 +83,23 @@ def resolve_source(model_id: str) -> tuple[str, dict[str, Any]]:
     return model_id, {}
 
 
+def load_tokenizer(model_id: str) -> Any:
+    """The model's tokenizer as training and evaluation use it (without loading the weights):
+    the end of turn pads when the tokenizer names no pad token."""
+    from transformers import AutoTokenizer
+
+    source, extra = resolve_source(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     model_id: str, *, quantization: Quantization = "auto", device: str | None = None
 ) -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = device or default_device()
     source, extra = resolve_source(model_id)
@@ -103,12 +115,10 @@ def load_model(
             bnb_4bit_quant_storage=compute_dtype,
         )
         kwargs["device_map"] = {"": device if device != "cuda" else 0}
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    tokenizer = load_tokenizer(model_id)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if not use_4bit:
         model.to(device)  # type: ignore[arg-type]
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     commit = getattr(model.config, "_commit_hash", None)
     revision = commit if commit else "config:" + config_hash(model.config)
     return LoadedModel(model, tokenizer, model_id, revision, use_4bit, device)

@@ -81,6 +81,14 @@ class TrainConfig(StrictModel):
         "sliding-window layers",
     )
     params: TrainParams = Field(default_factory=TrainParams)
+    num_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="passes over the training examples, instead of params.max_steps (give one of "
+        "the two): max_steps = ceil(num_epochs x examples / (batch_size x grad_accum_steps)), "
+        "the examples counted after those too long for max_length are left out; the conversion "
+        "is recorded in sftgate_train.json (steps_from_epochs)",
+    )
     checkpoint_steps: list[int] = Field(
         default_factory=list,
         description="also save the adapter as it was after these steps, in "
@@ -89,7 +97,18 @@ class TrainConfig(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainConfig:
+        if self.num_epochs is not None and "max_steps" in self.params.model_fields_set:
+            raise ValueError(
+                f"give either params.max_steps or num_epochs, not both (got max_steps="
+                f"{self.params.max_steps} and num_epochs={self.num_epochs:g}): remove one"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _checkpoints_within_the_run(self) -> TrainConfig:
+        if self.num_epochs is not None:
+            return self  # checked once the epochs are converted to steps (steps_from_epochs)
         outside = [s for s in self.checkpoint_steps if not 0 < s < self.params.max_steps]
         if outside:
             raise ValueError(
@@ -105,6 +124,7 @@ class Example:
     input_ids: list[int]
     prompt_len: int  # tokens before the completion; the loss covers the rest
     shortened: bool
+    passages: tuple[Passage, ...] = ()  # those the prompt holds (build_example)
 
 
 @dataclass
@@ -140,7 +160,11 @@ def build_example(
         prompt = encode_prompt(tokenizer, template, question.question, kept)
         if len(prompt) + len(target) <= max_length:
             return Example(
-                question.id, prompt + target, len(prompt), shortened=kept != list(passages)
+                question.id,
+                prompt + target,
+                len(prompt),
+                shortened=kept != list(passages),
+                passages=tuple(kept),
             )
         if len(kept) > 1:
             kept.pop()
@@ -166,7 +190,7 @@ def build_example(
             prompt = encode_prompt(tokenizer, template, question.question, [])
             if len(prompt) + len(target) > max_length:
                 return None
-            return Example(question.id, prompt + target, len(prompt), shortened=True)
+            return Example(question.id, prompt + target, len(prompt), shortened=True, passages=())
 
 
 def tokenize_examples(
@@ -538,6 +562,7 @@ def train(
     started_total = time.perf_counter()
     loaded = load_model(config.model, quantization=config.quantization, device=device)
     data = training_examples(config, loaded.tokenizer, inputs)
+    config, epochs = steps_from_epochs(config, len(data.examples))
     kernels, kernels_reason = resolve_kernels(config, loaded)
     padding_free = resolve_padding_free(config, loaded)
     with ExitStack() as patches:
@@ -562,6 +587,7 @@ def train(
     metadata = adapter_metadata(
         inputs, loaded, data, setup, machinery, checkpointing, loop, total_s=total_s
     )
+    metadata["steps_from_epochs"] = epochs  # None when max_steps was given
     save_adapter(
         setup.model, out, metadata, also=lambda tmp: save_checkpoints(setup, loop, tmp, metadata)
     )
@@ -588,6 +614,40 @@ def save_checkpoints(
         with torch.no_grad():
             for t, saved in zip(setup.trainable, final):
                 t.copy_(saved)
+
+
+def steps_from_epochs(
+    config: TrainConfig, examples: int
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """`num_epochs` as max_steps: enough optimiser steps to show every example num_epochs times
+    (the last step may reach into the next pass); the config with that max_steps and the
+    conversion, or the config unchanged and None when it gives max_steps."""
+    if config.num_epochs is None:
+        return config, None
+    p = config.params
+    per_step = p.batch_size * p.grad_accum_steps
+    # Rounded first, so that 0.1 x 30 examples is 3 steps, not 4.
+    steps = max(1, math.ceil(round(config.num_epochs * examples / per_step, 9)))
+    outside = [s for s in config.checkpoint_steps if not 0 < s < steps]
+    if outside:
+        raise InputError(
+            Problem(
+                config.questions,
+                "",
+                "checkpoint_steps",
+                f"num_epochs={config.num_epochs:g} over {examples} examples is max_steps={steps}, "
+                f"but checkpoint_steps has {outside}",
+                "give checkpoint steps between 0 and max_steps",
+            )
+        )
+    conversion = {
+        "num_epochs": config.num_epochs,
+        "examples": examples,
+        "examples_per_step": per_step,  # batch_size x grad_accum_steps
+        "max_steps": steps,
+    }
+    params = p.model_copy(update={"max_steps": steps})
+    return config.model_copy(update={"params": params}), conversion
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from sftgate import __version__
 from sftgate.cli import (
+    ask,
     ceiling,
     data,
     eval,
@@ -22,6 +23,7 @@ from sftgate.cli import (
     index,
     init,
     plan,
+    prompt,
     score,
     study,
     train,
@@ -29,7 +31,21 @@ from sftgate.cli import (
 )
 from sftgate.errors import InputError, SftgateError
 
-COMMANDS = [init, validate, score, data, index, ceiling, train, eval, plan, study, export]
+COMMANDS = [
+    init,
+    validate,
+    score,
+    data,
+    index,
+    ceiling,
+    prompt,
+    train,
+    eval,
+    ask,
+    plan,
+    study,
+    export,
+]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

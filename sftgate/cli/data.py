@@ -1,4 +1,5 @@
-"""`sftgate data check`: leakage between training and evaluation sets, gate ⊆ full."""
+"""`sftgate data check` (leakage between training and evaluation sets, gate ⊆ full) and
+`sftgate data convert` (Alpaca, ShareGPT, OpenAI messages -> a question set)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sftgate.convert import FORMATS, convert_file
+from sftgate.hashing import short
 from sftgate.leakage import NEAR_DUP_THRESHOLD, NGRAM, LeakageReport, check
 from sftgate.questions import QuestionSet, load_questions
 
@@ -91,8 +94,23 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if args.strict and failed else 0
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    done = convert_file(args.fmt, args.input, args.out, args.contexts)
+    notes = []
+    if done.index_version:
+        notes.append(f"passages from index {short(done.index_version)}")
+    if done.system_prompts_dropped:
+        notes.append(f"{done.system_prompts_dropped} system prompt(s) dropped")
+    Console().print(
+        f"{done.questions} questions from {args.input} ({args.fmt}) -> {done.out}, "
+        f"eval_set_version {short(done.eval_set_version)}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="checks on question sets")
+    p = sub.add_parser("data", help="question sets: leakage checks, conversion from other formats")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = dsub.add_parser("check", help="leakage between train and eval sets; gate ⊆ full")
     c.add_argument("--train", required=True, help="training question set (question_v1.json)")
@@ -107,3 +125,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=run_check)
+    v = dsub.add_parser(
+        "convert",
+        help="Alpaca, ShareGPT or OpenAI-messages records (answers already eval JSON v2) -> a "
+        "question set (docs/question_sets.md)",
+    )
+    v.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="the records' format")
+    v.add_argument("input", metavar="IN", help="JSONL (or a JSON list) of records")
+    v.add_argument(
+        "--out", required=True, help="the question-set file to write (JSON; must not exist)"
+    )
+    v.add_argument(
+        "--contexts",
+        help='a contexts file (JSONL: a {"_meta": {"index_version"}} header, then '
+        '{"id", "passages"} lines) whose passages the items carry',
+    )
+    v.set_defaults(func=run_convert)

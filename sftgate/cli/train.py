@@ -28,6 +28,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.max_memory_gib is not None:
         out["max_memory_gib"] = args.max_memory_gib
+    if args.num_epochs is not None:
+        out["num_epochs"] = args.num_epochs
     out.update(
         {
             f"params.{k}": getattr(args, k)
@@ -63,9 +65,15 @@ def run(args: argparse.Namespace) -> int:
     m = result.metadata
     how = m["machinery"]
     peak = f", peak {m['peak_memory_gib']:.1f} GiB" if m["peak_memory_gib"] is not None else ""
+    e = m["steps_from_epochs"]
+    epochs = (
+        f" ({e['num_epochs']:g} epochs x {e['examples']} examples / {e['examples_per_step']} per step)"
+        if e
+        else ""
+    )
     Console().print(
         f"adapter {m['adapter_id']} -> {result.adapter_dir}\n"
-        f"{len(m['loss_per_step'])} steps, loss {m['loss_per_step'][0]:.4f} -> "
+        f"{len(m['loss_per_step'])} steps{epochs}, loss {m['loss_per_step'][0]:.4f} -> "
         f"{m['loss_per_step'][-1]:.4f}, {m['tokens_per_s']} tokens/s{peak}, {m['examples']} "
         f"examples ({m['examples_shortened']} shortened, {len(m['examples_dropped'])} left out)\n"
         f"kernels {how['kernels']}, padding-free {how['padding_free']}, gradient checkpointing "
@@ -98,6 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             help=_help(name),
         )
     p.add_argument("--max-memory-gib", type=float, help=_help("max_memory_gib"))
+    p.add_argument("--num-epochs", type=float, help=_help("num_epochs"))
     for name, info in TrainParams.model_fields.items():
         kind = type(info.default) if info.default is not None else str
         p.add_argument(
