@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sftgate.cli.console import stdout_console
 from sftgate.convert import FORMATS, convert_file
 from sftgate.hashing import short
 from sftgate.leakage import NEAR_DUP_THRESHOLD, NGRAM, LeakageReport, check
@@ -101,7 +102,7 @@ def run_convert(args: argparse.Namespace) -> int:
         notes.append(f"passages from index {short(done.index_version)}")
     if done.system_prompts_dropped:
         notes.append(f"{done.system_prompts_dropped} system prompt(s) dropped")
-    Console().print(
+    stdout_console(highlight=False).print(
         f"{done.questions} questions from {args.input} ({args.fmt}) -> {done.out}, "
         f"eval_set_version {short(done.eval_set_version)}"
         + (f" ({'; '.join(notes)})" if notes else "")

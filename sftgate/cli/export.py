@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sftgate.cli.console import stdout_console
 from sftgate.cli.study import registry
 from sftgate.errors import InputError, Problem
 from sftgate.export import (
@@ -96,12 +97,13 @@ def run_adapter_export(args: argparse.Namespace) -> int:
     what = f"run {source.run_id}" if source.run_id else str(source.path)
     if source.step is not None:
         what += f" at step {source.step}"
+    console = stdout_console(highlight=False)
     if args.merged:
         out = export_merged(source, args.merged)
-        Console().print(f"{what}: merged into {source.meta['model_id']} as bf16 -> {out}")
+        console.print(f"{what}: merged into {source.meta['model_id']} as bf16 -> {out}")
     else:
         out = export_adapter(source, args.adapter, max_lora_rank=args.max_lora_rank)
-        Console().print(
+        console.print(
             f"{what}: adapter -> {out} (vLLM's LoRA loader conditions hold for "
             f"--max-lora-rank {args.max_lora_rank})"
         )
