@@ -3,8 +3,8 @@ itself, checked first against the conditions vLLM's LoRA loader states.
 
 Merged (`export RUN --merged OUT`): the base loaded as the adapter was trained (a 4-bit-trained
 adapter's base dequantised first, as `sftgate eval` merges it), the adapter merged in the dtype
-the base loads in (bf16 on CUDA, fp32 on a CPU), the result cast to bf16 and saved with the
-tokenizer: a plain transformers model folder (`AutoModelForCausalLM.from_pretrained`, `vllm
+the base loads in (bf16 on CUDA, fp32 on a CPU), the result cast to bf16 (or kept in fp32) and
+saved with the tokenizer: a plain transformers model folder (`AutoModelForCausalLM.from_pretrained`, `vllm
 serve OUT`). Adapter (`export RUN --adapter OUT`): the adapter's files without its checkpoints.
 Both folders are written whole or not at all (into `OUT.partial-<uuid>`, renamed at the end) and
 carry `sftgate_export.json`: what was exported, from which run and adapter.
@@ -230,8 +230,11 @@ def export_adapter(source: AdapterSource, out: str | Path, *, max_lora_rank: int
     return out
 
 
-def export_merged(source: AdapterSource, out: str | Path) -> Path:
-    """The adapter merged into its base, saved as a bf16 transformers model folder with the
+MERGED_DTYPES = ("bfloat16", "float32")
+
+
+def export_merged(source: AdapterSource, out: str | Path, *, dtype: str = "bfloat16") -> Path:
+    """The adapter merged into its base, saved as a transformers model folder in `dtype` with the
     tokenizer. The base must be the revision the adapter was trained on."""
     import torch
 
@@ -251,10 +254,10 @@ def export_merged(source: AdapterSource, out: str | Path) -> Path:
             "be the trained one"
         )
     merged_in = str(loaded.model.dtype).removeprefix("torch.")
-    model = loaded.model.to(torch.bfloat16)
+    model = loaded.model.to(getattr(torch, dtype))
     with new_folder(out) as tmp:
         model.save_pretrained(str(tmp))
         loaded.tokenizer.save_pretrained(str(tmp))
-        record = export_record(source, "merged", dtype="bfloat16", merged_in=merged_in)
+        record = export_record(source, "merged", dtype=dtype, merged_in=merged_in)
         atomic_write_json(tmp / EXPORT_METADATA, record)
     return out

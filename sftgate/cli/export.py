@@ -17,6 +17,7 @@ from sftgate.cli.console import stdout_console
 from sftgate.cli.study import registry
 from sftgate.errors import InputError, Problem
 from sftgate.export import (
+    MERGED_DTYPES,
     VLLM_DEFAULT_MAX_LORA_RANK,
     VLLM_MAX_LORA_RANKS,
     AdapterSource,
@@ -32,8 +33,8 @@ from sftgate.tracking import TrackingConfig, check_installed
 TRACKERS = ("mlflow", "tensorboard")
 USAGE = (
     "sftgate export mlflow|tensorboard STUDY [--tracking-uri URI] [--experiment NAME] "
-    "[--registry FILE]\n       sftgate export RUN (--merged OUT | --adapter OUT) [--step K] "
-    "[--max-lora-rank N] [--registry FILE]"
+    "[--registry FILE]\n       sftgate export RUN (--merged OUT [--dtype D] | --adapter OUT "
+    "[--max-lora-rank N]) [--step K] [--registry FILE]"
 )
 
 
@@ -99,8 +100,8 @@ def run_adapter_export(args: argparse.Namespace) -> int:
         what += f" at step {source.step}"
     console = stdout_console(highlight=False)
     if args.merged:
-        out = export_merged(source, args.merged)
-        console.print(f"{what}: merged into {source.meta['model_id']} as bf16 -> {out}")
+        out = export_merged(source, args.merged, dtype=args.dtype)
+        console.print(f"{what}: merged into {source.meta['model_id']} as {args.dtype} -> {out}")
     else:
         out = export_adapter(source, args.adapter, max_lora_rank=args.max_lora_rank)
         console.print(
@@ -158,6 +159,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="copy the PEFT adapter folder, refused unless vLLM's LoRA loader would take it: no "
         "modules_to_save, no DoRA, no bias, rank within --max-lora-rank, only the attention and "
         "MLP projections as target modules",
+    )
+    r.add_argument(
+        "--dtype",
+        choices=MERGED_DTYPES,
+        default="bfloat16",
+        help="with --merged: the saved weights' dtype; float32 keeps a CPU merge exact, at twice "
+        "the size",
     )
     r.add_argument(
         "--step", type=int, metavar="K", help="a checkpoint of the run (ADAPTER/checkpoints/step-K)"
