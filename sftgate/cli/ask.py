@@ -124,7 +124,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="generation stops here (default: the study's decode.max_new_tokens, 512)",
     )
-    p.add_argument("--engine", choices=["static", "hf"], default="static")
+    p.add_argument(
+        "--engine",
+        choices=["static", "hf"],
+        default="static",
+        help="static: sftgate's decoder (`sftgate eval`'s default); hf: transformers generate",
+    )
     p.add_argument(
         "--allow-mismatch",
         action="store_true",
