@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sftgate.errors import InputError, MismatchError, Problem, SftgateError
-from sftgate.fsutil import atomic_write_json, atomic_write_jsonl
+from sftgate.fsutil import atomic_write_json, atomic_write_jsonl, ordinary_modes
 from sftgate.scoring import QuestionScore
 
 ADAPTER_METADATA = "sftgate_train.json"
@@ -80,6 +80,7 @@ def save_adapter(
         model.save_pretrained(str(tmp))
         if also is not None:
             also(tmp)
+        ordinary_modes(tmp)
         atomic_write_json(tmp / ADAPTER_METADATA, dict(metadata))
         tmp.rename(out)  # only now does `out` exist, complete with its metadata
     except BaseException:
@@ -95,6 +96,7 @@ def checkpoint_dir(adapter_dir: str | Path, step: int) -> Path:
 def write_checkpoint(model: Any, folder: Path, metadata: Mapping[str, Any], step: int) -> None:
     """A checkpoint's PEFT files and the adapter's metadata with its `checkpoint_step`."""
     model.save_pretrained(str(folder))
+    ordinary_modes(folder)
     atomic_write_json(folder / ADAPTER_METADATA, {**metadata, "checkpoint_step": step})
 
 

@@ -8,13 +8,16 @@ Errors speak the config's language: a field is named by its path in the file
 says what to write; pydantic's own wording ("Input should be a valid string") never reaches the
 user. A key given twice in a YAML mapping, at any depth, is an error (YAML itself lets the last
 one win silently).
+
+Relative paths written in a config file are relative to the file's folder (`path_under`), so a
+config works from any current folder; paths given as flags are relative to the current folder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,12 +25,41 @@ from pydantic_core import ErrorDetails
 
 from sftgate.errors import InputError, Problem
 from sftgate.fsutil import read_input_bytes
+from sftgate.tiny import TINY_MODEL_ID
 
 M = TypeVar("M", bound="StrictModel")
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Top-level fields holding a path (`model`: a hub id or a local path) that `load_config`
+    # makes relative to the config file's folder.
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+
+def path_under(base: Path, value: str) -> str:
+    """A path written in a config file whose folder is `base`: a relative one is relative to it."""
+    return value if Path(value).is_absolute() else str(base / value)
+
+
+def model_under(base: Path, model: str) -> str:
+    """A model written in a config file: a local folder or file relative to the file's folder
+    where one is there, else as written (a hub id, tiny-qwen3)."""
+    if model != TINY_MODEL_ID and (base / model).exists():
+        return path_under(base, model)
+    return model
+
+
+def resolve_paths(config: M, base: Path, *, given: Collection[str] = ()) -> M:
+    """`config` with the paths of its `path_fields` that the file set made relative to `base`,
+    the file's folder; a field in `given` (a flag's override) stays as it is, relative to the
+    current folder, and an unset field keeps its default."""
+    update = {
+        k: model_under(base, v) if k == "model" else path_under(base, v)
+        for k in type(config).path_fields
+        if k in config.model_fields_set and k not in given and (v := getattr(config, k)) is not None
+    }
+    return config.model_copy(update=update) if update else config
 
 
 # Marks a setting added after studies were first recorded: `pin_view` leaves it out while it is
@@ -228,7 +260,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
     """Load `cls` from a YAML file, with `overrides` (e.g. from CLI flags) applied on top.
 
-    Override keys may be dotted (`lora.r`) to reach nested sections.
+    Override keys may be dotted (`lora.r`) to reach nested sections. The file's relative paths
+    (`cls.path_fields`) are relative to its folder, the overrides' to the current folder.
     """
     data = read_yaml(path)
     for key, value in (overrides or {}).items():
@@ -248,6 +281,7 @@ def load_config(cls: type[M], path: str | Path, overrides: dict[str, Any] | None
                 )
         target[leaf] = value
     try:
-        return cls.model_validate(data)
+        config = cls.model_validate(data)
     except ValidationError as e:
         raise InputError(validation_problems(e, str(path), data=data)) from None
+    return resolve_paths(config, Path(path).resolve().parent, given=set(overrides or {}))

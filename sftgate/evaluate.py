@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from sftgate import libwarnings
 from sftgate.artifacts import (
     EvalResult,
     appending_predictions,
@@ -63,6 +64,8 @@ class DecodeSettings(StrictModel):
 
 
 class EvalConfig(StrictModel):
+    # relative to the YAML file's folder when loaded from one
+    path_fields = ("model", "adapter", "questions", "contexts", "prompt", "out")
     kind: Literal["eval"] = "eval"
     model: str = Field(
         "Qwen/Qwen3-4B", description="base model: hub id, local folder, .gguf file, or tiny-qwen3"
@@ -122,7 +125,8 @@ def load_for_eval(
     model = loaded.model
     if merged and loaded.quantized_4bit:
         model = model.dequantize()
-    model = PeftModel.from_pretrained(model, adapter)
+    with libwarnings.quiet():
+        model = PeftModel.from_pretrained(model, adapter)
     if merged:
         model = model.merge_and_unload()
     model.eval()

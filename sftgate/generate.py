@@ -307,13 +307,13 @@ def transformers_decoder(
     positions = mask.cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)
     config = model.config
-    cache = StaticCache(config=config, max_cache_len=cache_len)
+    cache = {cache_keyword(model): StaticCache(config=config, max_cache_len=cache_len)}
     with _attention(config, PACKED_ATTENTION):
         logits = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **cache,
             cache_position=torch.arange(width, device=device),
             use_cache=True,
             logits_to_keep=1,
@@ -329,12 +329,22 @@ def transformers_decoder(
                 input_ids=token,
                 attention_mask=visible,
                 position_ids=position,
-                past_key_values=cache,
+                **cache,
                 cache_position=slot,
                 use_cache=True,
             ).logits[:, -1]
 
     return logits, forward
+
+
+def cache_keyword(model: Any) -> str:
+    """The name the model's forward takes its key/value cache by: transformers 5.2x renamed
+    `past_key_values` to `cache` (the old name warns, and goes in 5.40); older releases know only
+    `past_key_values`. A PEFT model passes its arguments through to the base model's forward."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @contextmanager

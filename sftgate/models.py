@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sftgate.errors import InputError, Problem
+from sftgate.fsutil import current_umask, ordinary_modes
 from sftgate.hashing import sha256_json
 from sftgate.paths import data_dir
 from sftgate.tiny import TINY_MODEL_ID, build_tiny_qwen3
@@ -50,6 +51,8 @@ def tiny_model_dir(seed: int = 0) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".partial", dir=path.parent))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        ordinary_modes(tmp)  # safetensors writes its files 0600
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes the folder private
         try:
             tmp.rename(path)
         except OSError:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from sftgate import libwarnings
 from sftgate.artifacts import (
     checkpoint_dir,
     quantization_label,
@@ -48,6 +49,7 @@ IGNORE = -100  # target id that the loss skips
 
 
 class TrainConfig(StrictModel):
+    path_fields = ("model", "questions", "contexts", "prompt", "out")  # relative to the YAML
     kind: Literal["train"] = "train"
     model: str = Field(DEFAULT_MODEL, description="hub id, local folder, .gguf file, or tiny-qwen3")
     quantization: Quantization = Field("auto", description="auto: 4-bit NF4 on CUDA, none on CPU")
@@ -468,16 +470,19 @@ def liger_kernels(model: Any) -> Iterator[None]:
 
 
 def set_checkpointing(model: Any, on: bool) -> None:
-    """Per-layer activation checkpointing (non-reentrant: frozen inputs need no grad hooks)."""
-    with warnings.catch_warnings():
-        # transformers 5.2x renames these to activation_checkpointing_*; both names work.
-        warnings.simplefilter("ignore", FutureWarning)
+    """Per-layer activation checkpointing (non-reentrant: frozen inputs need no grad hooks).
+    transformers 5.2x names it activation_checkpointing_* (the gradient_checkpointing_* names
+    warn, and go in v6); older releases know only those."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
         if on:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_disable()
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def add_lora(model: Any, params: TrainParams, *, adapter_dtype: Any = None) -> Any:
@@ -501,7 +506,8 @@ def add_lora(model: Any, params: TrainParams, *, adapter_dtype: Any = None) -> A
         task_type="CAUSAL_LM",
     )
     model.config.use_cache = False
-    peft_model = get_peft_model(model, lora)
+    with libwarnings.quiet():
+        peft_model = get_peft_model(model, lora)
     if adapter_dtype is not None:
         for t in peft_model.parameters():
             if t.requires_grad:

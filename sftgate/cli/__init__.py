@@ -29,6 +29,7 @@ from sftgate.cli import (
     train,
     validate,
 )
+from sftgate.cli.console import unwrap_global_console
 from sftgate.errors import InputError, SftgateError
 
 COMMANDS = [
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unexpected; `sftgate --debug COMMAND` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    unwrap_global_console()
     try:
         code = args.func(args)
     except InputError as e:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftgate.ceiling import KINDS
+from sftgate.cli.console import stdout_console
 from sftgate.hashing import short
 from sftgate.reach import Reach
 from sftgate.search.inputs import measure_reach, pin_inputs, prepare_contexts
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reach.to_json(), indent=2, ensure_ascii=False))
     else:
-        print_reach(reach, Console(highlight=False))
+        print_reach(reach, stdout_console(highlight=False))
     return 0
 
 

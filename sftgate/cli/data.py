@@ -90,7 +90,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
-        print_report(Console(), report, train, evaluation, args.gate)
+        print_report(stdout_console(), report, train, evaluation, args.gate)
     failed = report.leaks or (gate is not None and not report.gate_ok)
     return 1 if args.strict and failed else 0
 

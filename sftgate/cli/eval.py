@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pydantic import ValidationError
-from rich.console import Console
 
+from sftgate.cli.console import quiet_libraries, stdout_console
 from sftgate.cli.score import metrics_table
 from sftgate.cli.train import add_tracking_args, tracking_config
 from sftgate.config import validation_problems
@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(validation_problems(e, "command line")) from None
     require(eval_problems(config, "command line"))
     tracking = tracking_config(args)
-    result = evaluate(config)
-    console = Console()
+    with quiet_libraries():
+        result = evaluate(config)
+    console = stdout_console()
     console.print(
         metrics_table(result.metrics, f"{config.adapter or config.model} on {config.questions}")
     )

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
 from sftgate.cli.console import stdout_console
 from sftgate.cli.study import registry
 from sftgate.errors import InputError, Problem
@@ -65,7 +63,7 @@ def run_tracker_export(args: argparse.Namespace) -> int:
         config = tracker_config(args, StudyConfig.recorded(study.config).tracking)
         check_installed(config)
         where = sync_study(reg, study.name, config)
-    Console().print(f"study {study.name} -> {args.target}: {where}")
+    stdout_console().print(f"study {study.name} -> {args.target}: {where}")
     return 0
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from sftgate.cli.console import stdout_console
 
 if TYPE_CHECKING:  # imported where used: they load the index and plotting libraries
     from sftgate.index.tune import TuneRow
@@ -54,7 +55,7 @@ def run_build(args: argparse.Namespace) -> int:
     index, corpus = build_index(
         args.corpus, args.out, _settings(args), skip_bad=args.skip_bad, progress=True
     )
-    console = Console(highlight=False)
+    console = stdout_console(highlight=False)
     for problem in corpus.skipped:
         console.print(f"[yellow]skipped:[/yellow] {escape(str(problem))}")
     if corpus.ignored:
@@ -73,7 +74,7 @@ def run_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2))
         return 0
-    console = Console(highlight=False)
+    console = stdout_console(highlight=False)
     for rank, h in enumerate(hits, 1):
         console.print(f"[bold]{rank}. {escape(h.source_path)}[/bold]  score {h.score:.3f}")
         console.print(h.text, markup=False)
@@ -88,7 +89,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     meta, rows = retrieve_contexts(args.index, questions, args.top_k)
     write_contexts(args.out, meta, rows)
     short_lists = sum(len(r.passages) < args.top_k for r in rows)
-    Console(highlight=False).print(
+    stdout_console(highlight=False).print(
         f"{len(rows)} questions x top {args.top_k} passages -> {args.out} "
         f"(index_version {short(meta.index_version)}, eval_set_version "
         f"{short(questions.version)}; {short_lists} question(s) got fewer than {args.top_k})"
@@ -114,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
             "-" if recall is None else f"{recall:.3f}",
             "-" if evidence is None else f"{evidence:.3f}",
         )
-    console = Console(highlight=False)
+    console = stdout_console(highlight=False)
     console.print(table)
     mrr = "-" if report["mrr"] is None else f"{report['mrr']:.3f}"
     console.print(
@@ -149,7 +150,7 @@ def run_tune(args: argparse.Namespace) -> int:
     policy = config.policy
     max_length = args.max_length or max(policy.round0.max_length, policy.long_max_length)
     tok = budget_tokenizer(config.model)
-    console = Console(highlight=False)
+    console = stdout_console(highlight=False)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("tuning", total=None)
         rows = tune(

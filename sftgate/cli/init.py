@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
+from sftgate.cli.console import stdout_console
 from sftgate.project import init_project
 
 
 def run(args: argparse.Namespace) -> int:
     written = init_project(args.dir, sample=args.sample)
-    console = Console(highlight=False)
+    console = stdout_console(highlight=False)
     what = "the sample project" if args.sample else "a new project"
     console.print(f"wrote {what} to {args.dir} ({len(written)} files)")
     for path in written:

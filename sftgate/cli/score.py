@@ -6,10 +6,10 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from sftgate.artifacts import write_score_outputs
+from sftgate.cli.console import stdout_console
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.questions import load_questions
 from sftgate.scoring import load_predictions, score_predictions
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = load_predictions(args.predictions, questions)
     metrics, scores = score_predictions(questions, passages, outputs)
     write_score_outputs(args.out, metrics, scores)
-    console = Console()
+    console = stdout_console()
     console.print(metrics_table(metrics, f"{args.predictions} on {questions.describe()}"))
     failures = sum(not s.schema_ok for s in scores)
     if failures:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sftgate.cli.console import stdout_console
+from sftgate.cli.console import quiet_libraries, stdout_console
 from sftgate.cli.validate import validate
 from sftgate.errors import InputError, Problem
 from sftgate.paths import SAMPLE_DIR, data_dir
@@ -57,23 +56,6 @@ def known_study(reg: Registry, name: str) -> Study:
             Problem(str(reg.path), name, "study", "no such study", "list them with `sftgate runs`")
         )
     return study
-
-
-@contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Library progress bars and deprecation notes would scroll the live view away: off while the
-    command runs, as they were afterwards (a library caller's settings are its own)."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def run_search(args: argparse.Namespace) -> int:

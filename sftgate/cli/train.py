@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.console import Console
-
+from sftgate.cli.console import quiet_libraries, stdout_console
 from sftgate.config import load_config
 from sftgate.params import TrainParams
 from sftgate.preflight import require, train_problems
@@ -61,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, overrides(args))
     require(train_problems(config, args.config))
     tracking = tracking_config(args)
-    result = train(config)
+    with quiet_libraries():
+        result = train(config)
     m = result.metadata
     how = m["machinery"]
     peak = f", peak {m['peak_memory_gib']:.1f} GiB" if m["peak_memory_gib"] is not None else ""
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if e
         else ""
     )
-    Console().print(
+    stdout_console().print(
         f"adapter {m['adapter_id']} -> {result.adapter_dir}\n"
         f"{len(m['loss_per_step'])} steps{epochs}, loss {m['loss_per_step'][0]:.4f} -> "
         f"{m['loss_per_step'][-1]:.4f}, {m['tokens_per_s']} tokens/s{peak}, {m['examples']} "
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     )
     where = track_run(run_from_train_meta(m, result.adapter_dir), tracking, "train")
     if where:
-        Console().print(f"tracking: {where}")
+        stdout_console().print(f"tracking: {where}")
     return 0
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
+from sftgate.cli.console import stdout_console
 from sftgate.config import StrictModel, load_config, read_yaml
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, MismatchError, Problem
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         if result.max_length_checked
         else ("; max_length not checked against the tokenizer (not available offline)")
     )
-    Console(highlight=False).print(
+    stdout_console(highlight=False).print(
         f"[green]ok[/green] {args.config}: a runnable '{kind}' config: keys, paths and inputs "
         f"checked{note}"
     )

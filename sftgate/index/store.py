@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from sftgate.config import StrictModel
 from sftgate.errors import InputError, MismatchError, Problem
-from sftgate.fsutil import atomic_write_json
+from sftgate.fsutil import atomic_write_json, current_umask
 from sftgate.hashing import canonical_json, sha256_json, sha256_text
 from sftgate.index import dense
 from sftgate.index.corpus import CHUNKER_VERSION, Chunk, Corpus, chunk_document, read_corpus
@@ -357,9 +357,9 @@ def _write(
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(dir=out, prefix="data-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    data.chmod(0o777 & ~umask)  # mkdtemp makes it private; an index is as readable as its parent
+    data.chmod(
+        0o777 & ~current_umask()
+    )  # mkdtemp makes it private; an index is as readable as its parent
     try:
         with open(data / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c in chunks:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sftgate.config import StrictModel, load_config, pin_view
+from sftgate.config import StrictModel, load_config, model_under, path_under, pin_view
 from sftgate.evaluate import DecodeSettings
 from sftgate.hashing import sha256_json
 from sftgate.index import IndexSettings
@@ -18,7 +18,6 @@ from sftgate.models import Quantization
 from sftgate.paths import data_dir
 from sftgate.search.executors import ExecutorConfig
 from sftgate.search.planner import Policy
-from sftgate.tiny import TINY_MODEL_ID
 from sftgate.tracking import TrackingConfig
 
 
@@ -144,7 +143,7 @@ def resolve(config: StudyConfig, base: Path) -> StudyConfig:
     """Relative paths in a study config are relative to the config file's folder."""
 
     def p(value: str) -> str:
-        return value if Path(value).is_absolute() else str(base / value)
+        return path_under(base, value)
 
     update: dict[str, Any] = {
         k: p(getattr(config, k))
@@ -153,8 +152,7 @@ def resolve(config: StudyConfig, base: Path) -> StudyConfig:
     for k in ("workdir", "registry"):
         if getattr(config, k) is not None:
             update[k] = p(getattr(config, k))
-    if config.model != TINY_MODEL_ID and (base / config.model).exists():
-        update["model"] = p(config.model)
+    update["model"] = model_under(base, config.model)
     if config.retrieval:
         update["retrieval"] = config.retrieval.model_copy(
             update={"corpus": p(config.retrieval.corpus)}
