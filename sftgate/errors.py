@@ -27,6 +27,10 @@ class Problem:
         return text
 
 
+class SftgateWarning(UserWarning):
+    """Something the user should know that does not stop the work (examples left out)."""
+
+
 class SftgateError(Exception):
     """Base class for errors the CLI reports without a traceback."""
 

@@ -36,7 +36,7 @@ from sftgate.artifacts import (
 )
 from sftgate.config import StrictModel
 from sftgate.contexts import load_contexts, resolve_passages
-from sftgate.errors import InputError, Problem, SftgateError
+from sftgate.errors import InputError, Problem, SftgateError, SftgateWarning
 from sftgate.models import LoadedModel, Quantization, load_model
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
@@ -675,18 +675,11 @@ def read_inputs(config: TrainConfig) -> TrainInputs:
 
 def training_examples(config: TrainConfig, tokenizer: Any, inputs: TrainInputs) -> Tokenized:
     """Every question as an example within max_length; one that does not fit even without
-    passages is left out with a warning, and none fitting is an error."""
+    passages is left out with a warning, and none fitting is an error (with no warning before
+    it)."""
     max_length = config.params.max_length
     questions = inputs.questions.questions
     data = tokenize_examples(tokenizer, inputs.template, questions, inputs.passages, max_length)
-    if data.dropped:
-        named = ", ".join(data.dropped[:10]) + (" ..." if len(data.dropped) > 10 else "")
-        warnings.warn(
-            f"{len(data.dropped)} of {len(questions)} examples left out: longer than "
-            f"max_length={max_length} tokens even without passages: {named} (all of them are "
-            "listed in the adapter's metadata, examples_dropped)",
-            stacklevel=3,  # the caller of `train`
-        )
     if not data.examples:
         raise InputError(
             Problem(
@@ -696,6 +689,15 @@ def training_examples(config: TrainConfig, tokenizer: Any, inputs: TrainInputs) 
                 f"no example fits in max_length={max_length} tokens, even without passages",
                 "raise max_length",
             )
+        )
+    if data.dropped:
+        named = ", ".join(data.dropped[:10]) + (" ..." if len(data.dropped) > 10 else "")
+        warnings.warn(
+            f"{len(data.dropped)} of {len(questions)} examples left out: longer than "
+            f"max_length={max_length} tokens even without passages: {named} (all of them are "
+            "listed in the adapter's metadata, examples_dropped)",
+            SftgateWarning,
+            stacklevel=3,  # the caller of `train`
         )
     return data
 

@@ -199,3 +199,15 @@ def test_quiet_silences_only_the_listed_warnings():
 
 def _module(pattern: str) -> str:
     return pattern.replace("\\.", ".").removesuffix("\\Z")
+
+
+def test_the_test_suite_uses_the_same_filters():
+    """Tests that call PEFT themselves meet the QUIETED warnings outside libwarnings.quiet():
+    pyproject.toml's filterwarnings must list each of them."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = pyproject["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    for q in libwarnings.QUIETED:
+        module = q.module.removesuffix("\\Z")
+        assert f"ignore:{q.message}:{q.category.__name__}:{module}" in listed

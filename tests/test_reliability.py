@@ -98,7 +98,7 @@ def test_two_real_searches_one_refused_then_a_killed_ones_lease_taken_over(tmp_p
         assert first.poll() is None  # the refused search did not disturb the running one
     finally:
         first.send_signal(signal.SIGKILL)
-        first.wait()
+        first.communicate()  # waits, and closes its pipes
     reg = Registry(registry)
     try:
         study = reg.study("tiny-study")
