@@ -211,3 +211,14 @@ def test_the_test_suite_uses_the_same_filters():
     for q in libwarnings.QUIETED:
         module = q.module.removesuffix("\\Z")
         assert f"ignore:{q.message}:{q.category.__name__}:{module}" in listed
+
+
+def test_a_rule_in_a_log_is_as_wide_as_its_title(capsys):
+    """The search's rule spans a terminal; in a log (unwrapped, 1000 columns) it would be a line
+    of 1000 dashes."""
+    from sftgate.cli.console import unwrap_global_console
+    from sftgate.search.live import rule
+
+    unwrap_global_console()
+    rule("study s (new) · r.sqlite")
+    assert capsys.readouterr().out == "─── study s (new) · r.sqlite ───\n"

@@ -30,7 +30,7 @@ from sftgate.search.inputs import (
     prepare_contexts,
 )
 from sftgate.search.lease import HeldLease
-from sftgate.search.live import LiveView, console
+from sftgate.search.live import LiveView, console, rule
 from sftgate.search.planner import (
     Decision,
     History,
@@ -489,7 +489,7 @@ def search(
         study = check_reach(reg, study, config, inputs, config_path)
         pinned, inputs = pinned_copies(config, inputs)
         executor = executor or open_executor(config.executor)
-        console.rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")
+        rule(f"study {study.name} ({'new' if created else 'resumed'}) · {reg.path}")
         restarted = reg.reset_interrupted(study.id)
         if restarted:
             console.print(f"restarting interrupted work: {', '.join(restarted)}")

@@ -10,12 +10,19 @@ from contextlib import contextmanager
 from rich import get_console
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.rule import Rule
 from rich.table import Table
 
 from sftgate.search.runner import RunOutcome, RunSpec
 
 # The global console: train's and evaluate's progress bars nest in the live view through it.
 console = get_console()
+
+
+def rule(title: str) -> None:
+    """A horizontal rule with `title`: the terminal's width in a terminal; elsewhere (a log,
+    where the CLI prints unwrapped) just wider than the title, not the whole unwrapped width."""
+    console.print(Rule(title), width=None if console.is_terminal else len(title) + 8)
 
 
 class LiveView:
