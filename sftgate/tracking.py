@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from sftgate import libwarnings
 from sftgate.config import StrictModel
 from sftgate.errors import SftgateError
 from sftgate.paths import data_dir
@@ -180,10 +180,7 @@ def _mlflow(uri: str | None) -> Iterator[tuple[MlflowClient, str | None]]:
     # MLflow logs "Creating initial MLflow database tables..." at INFO on a new store, which would
     # scroll the live view; its warnings and errors still show.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        # MLflow's SQL store uses SQLAlchemy's `noload`, deprecated in SQLAlchemy 2.1: MLflow's
-        # own code, nothing a user can change.
-        warnings.filterwarnings("ignore", message=".*noload.*")
+    with libwarnings.quiet():  # MLflow's SQL store's use of SQLAlchemy's deprecated `noload`
         uri = uri or default_mlflow_uri()
         client = mlflow.MlflowClient(tracking_uri=uri)
         yield client, _artifacts_beside(uri)
