@@ -28,7 +28,7 @@ from sftgate.artifacts import (
     read_adapter_metadata,
 )
 from sftgate.errors import InputError, MismatchError, Problem
-from sftgate.fsutil import atomic_write_json
+from sftgate.fsutil import atomic_write_json, ordinary_modes
 from sftgate.provenance import provenance
 from sftgate.search.registry import Registry
 
@@ -192,6 +192,7 @@ def new_folder(out: Path) -> Iterator[Path]:
     try:
         tmp.mkdir(parents=True)
         yield tmp
+        ordinary_modes(tmp)  # safetensors writes its files 0600: a server may run as another user
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from sftgate.artifacts import ADAPTER_METADATA, read_adapter_metadata
 from sftgate.ask import check_output
 from sftgate.cli import main
 from sftgate.export import EXPORT_METADATA
+from sftgate.fsutil import current_umask
 from sftgate.generate import greedy_generate
 from sftgate.models import eos_token_ids, load_model, load_tokenizer
 from sftgate.questions import Passage, load_questions
@@ -272,6 +274,8 @@ def test_export_merged_loads_back_and_decodes_like_the_adapter(searched, capsys,
     )
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16" and "quantization_config" not in config
+    # safetensors' own 0600 undone: a server may run as another user
+    assert [f.name for f in out.iterdir() if not ordinary_mode(f)] == []
     assert not list(tmp_path.glob("*.partial-*"))
     record = json.loads((out / EXPORT_METADATA).read_text())
     assert (record["kind"], record["run_id"], record["dtype"], record["merged_in"]) == (
@@ -320,10 +324,16 @@ def test_export_adapter_copies_a_folder_vllm_loads(searched, capsys, tmp_path):
     for name in source:
         assert (out / name).read_bytes() == (searched.adapter / name).read_bytes()
     assert json.loads((out / EXPORT_METADATA).read_text())["vllm"] == {"max_lora_rank": 16}
+    assert [f.name for f in out.iterdir() if not ordinary_mode(f)] == []
     loaded = PeftModel.from_pretrained(load_model("tiny-qwen3").model, str(out))
     assert sum("lora_B" in n for n, _ in loaded.named_parameters()) == 14
     # an adapter folder is accepted as RUN too
     assert main(["export", str(searched.adapter), "--adapter", str(tmp_path / "again")]) == 0
+
+
+def ordinary_mode(path: Path) -> bool:
+    """The mode open() gives a new file (0644 under umask 022)."""
+    return stat.S_IMODE(path.stat().st_mode) == 0o666 & ~current_umask()
 
 
 def edited_adapter(searched: Searched, tmp_path: Path, **changes: Any) -> Path:

@@ -9,6 +9,7 @@ import sys
 from rich import get_console
 
 from sftgate.ask import Answer, ask, index_source, study_source
+from sftgate.cli.console import quiet_libraries
 from sftgate.errors import InputError, Problem
 from sftgate.hashing import short
 from sftgate.prompt import DEFAULT_PROMPT
@@ -77,16 +78,17 @@ def run(args: argparse.Namespace) -> int:
                 "drop the flag, or use --index instead of --config",
             )
         )
-    answer = ask(
-        args.question,
-        source,
-        model=args.model,
-        adapter=args.adapter,
-        merge=args.merge,
-        max_new_tokens=args.max_new_tokens,
-        engine=args.engine,
-        allow_mismatch=args.allow_mismatch,
-    )
+    with quiet_libraries():
+        answer = ask(
+            args.question,
+            source,
+            model=args.model,
+            adapter=args.adapter,
+            merge=args.merge,
+            max_new_tokens=args.max_new_tokens,
+            engine=args.engine,
+            allow_mismatch=args.allow_mismatch,
+        )
     if args.json:
         print(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
     else:

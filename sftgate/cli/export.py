@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sftgate.cli.console import stdout_console
+from sftgate.cli.console import quiet_libraries, stdout_console
 from sftgate.cli.study import registry
 from sftgate.errors import InputError, Problem
 from sftgate.export import (
@@ -98,7 +98,8 @@ def run_adapter_export(args: argparse.Namespace) -> int:
         what += f" at step {source.step}"
     console = stdout_console(highlight=False)
     if args.merged:
-        out = export_merged(source, args.merged, dtype=args.dtype)
+        with quiet_libraries():
+            out = export_merged(source, args.merged, dtype=args.dtype)
         console.print(f"{what}: merged into {source.meta['model_id']} as {args.dtype} -> {out}")
     else:
         out = export_adapter(source, args.adapter, max_lora_rank=args.max_lora_rank)
