@@ -195,9 +195,9 @@ def test_local_processes_run_a_round_in_parallel_and_rerun_a_killed_worker(tmp_p
     assert result.study.status == "finished" and result.decision.action == "stop"
     records = worker_records(tmp_path / "work", 1)
     assert len(records) == 3 and {r["pid"] for r in records.values()}.isdisjoint({os.getpid()})
-    # the workers' output (here the failing run's warning) went to the runs' folders
+    # the workers' output (here the failing run's failure) went to the runs' folders
     logs = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "work").glob("runs/*/*.log"))
-    assert "longer than max_length=64" in logs
+    assert "failed: InputError" in logs and "no example fits in max_length=64" in logs
 
 
 # ---------------------------------------------------------------------- Ray

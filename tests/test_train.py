@@ -393,6 +393,11 @@ def test_shipped_train_config_validates():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(TrainConfig, root / "examples" / "train_tiny.yaml")
     assert cfg.model == "tiny-qwen3"
+    # its paths are relative to examples/: the sample's question set and the repo's prompt
+    assert (
+        Path(cfg.questions).resolve() == root / "sftgate" / "sample" / "docs" / "question_v1.json"
+    )
+    assert Path(cfg.prompt).resolve() == root / "docs" / "prompts" / "eval_json_v2.md"
 
 
 GEMMA_CHAT_TEMPLATE = (

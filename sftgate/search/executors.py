@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,8 +117,6 @@ def read_worker(spec: RunSpec) -> dict[str, Any] | None:
 @contextmanager
 def _output_to(path: Path) -> Iterator[None]:
     """Send this process's stdout and stderr (Python's and the C libraries') to a file, then back."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -168,6 +167,8 @@ def work(spec: RunSpec) -> RunOutcome:
     write()
     with _output_to(Path(spec.run_dir) / f"worker-{spec.split}.log"):
         outcome = execute_run(spec, on_stage, on_progress)
+        if outcome.status == "failed":  # the log says why, beside what the run printed
+            print(f"{spec.run_id} failed: {outcome.failure}", file=sys.stderr)
     on_stage(outcome.status)
     return replace(outcome, worker=info)
 
