@@ -27,7 +27,8 @@ from sftgate.artifacts import (
     write_predictions,
     write_score_outputs,
 )
-from sftgate.config import StrictModel
+from sftgate.config import ADDED, StrictModel, pin_view
+from sftgate.constrain import JsonConstraint, json_constraint
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.generate import (
@@ -60,6 +61,13 @@ class DecodeSettings(StrictModel):
         "static",
         description="static: sftgate's static-cache decoder (a CUDA graph per batch on a GPU, the "
         "fastest measured); hf: transformers `generate`; vllm: vLLM if installed (not tested here)",
+    )
+    constrain: Literal["none", "json_schema"] = Field(
+        "none",
+        description="json_schema: decode under the eval JSON v2 grammar (xgrammar, `pip install "
+        "'sftgate[constrain]'`): every finished answer parses and passes the schema, an already "
+        "valid one is unchanged; costs host time per token (sftgate.constrain). Static and hf engines",
+        json_schema_extra=ADDED,
     )
 
 
@@ -156,15 +164,18 @@ def evaluate(
     )
     mismatches += revision_mismatches(config, adapter_meta, loaded)
     eos = eos_token_ids(loaded.tokenizer, loaded.model)
+    constraint = output_constraint(config, loaded, eos)
     prompts = [
         encode_prompt(loaded.tokenizer, template, q.question, passages[q.id]) for q in questions
     ]
     ids = [q.id for q in questions]
-    decoded = decode_all(config, loaded, prompts, ids, eos, progress=progress, on_batch=on_batch)
+    decoded = decode_all(
+        config, loaded, prompts, ids, eos, constraint, progress=progress, on_batch=on_batch
+    )
 
     merge_check = None
     if merged and config.decode.merge_check_questions:
-        merge_check = merge_agreement(config, adapter_meta, loaded.model, prompts, eos)
+        merge_check = merge_agreement(config, adapter_meta, loaded.model, prompts, eos, constraint)
     rows = [decoded.done[i] for i in ids]
     write_predictions(out, rows)  # question order: identical whether or not it was resumed
     metrics, scores = score_predictions(questions, passages, {r["id"]: r["output"] for r in rows})
@@ -177,6 +188,7 @@ def evaluate(
         "merge_check": merge_check,
         "allow_mismatch": config.allow_mismatch,
         "mismatches": mismatches,
+        "constraint": constraint.describe() if constraint else None,
         "questions_path": questions.path,
         **decode_measurements(rows, decoded, loaded),
         "provenance": provenance(),
@@ -209,7 +221,21 @@ def pin_mismatches(
     return mismatches
 
 
+def output_constraint(
+    config: EvalConfig, loaded: LoadedModel, eos: list[int]
+) -> JsonConstraint | None:
+    """The grammar for `decode.constrain: json_schema`, compiled for the model's tokenizer and its
+    logits' width (a vocabulary padded past the tokenizer's); its end of turn is `eos`."""
+    if config.decode.constrain == "none":
+        return None
+    width = loaded.model.get_output_embeddings().weight.shape[0]
+    return json_constraint(loaded.tokenizer, width, eos)
+
+
 def check_engine(config: EvalConfig) -> None:
+    from sftgate.preflight import decode_problems, require
+
+    require(decode_problems(config.decode, config.out, "decode.constrain"))
     if config.decode.engine == "vllm" and config.adapter is not None and not config.decode.merge:
         raise InputError(
             Problem(
@@ -243,7 +269,9 @@ def eval_identity(
         "decoding": {
             "strategy": "greedy",
             "temperature": 0.0,
-            **config.decode.model_dump(mode="json", exclude={"merge_check_questions"}),
+            # pin_view: a setting added later is left out at its default, so an evaluation
+            # started before it existed keeps its identity and resumes
+            **{k: v for k, v in pin_view(config.decode).items() if k != "merge_check_questions"},
         },
     }
 
@@ -277,6 +305,7 @@ def decode_all(
     prompts: list[list[int]],
     ids: list[str],
     eos: list[int],
+    constraint: JsonConstraint | None,
     *,
     progress: bool,
     on_batch: Callable[[int, int], None] | None,
@@ -294,7 +323,7 @@ def decode_all(
     new_tokens = 0
     with question_progress(progress) as bar, appending_predictions(out) as append:
         task = bar.add_task("eval", total=len(ids), completed=len(done))
-        for gens in generations(config, loaded, prompts, ids, done, eos):
+        for gens in generations(config, loaded, prompts, ids, done, eos, constraint):
             fresh = [g for g in gens if ids[g.index] not in done]
             append([row(ids[g.index], g) for g in fresh])
             new_tokens += sum(len(g.token_ids) for g in gens)
@@ -313,6 +342,7 @@ def generations(
     ids: list[str],
     done: dict[str, Any],
     eos: list[int],
+    constraint: JsonConstraint | None,
 ) -> Iterator[list[Generation]]:
     """Each batch's generations as it finishes, from the configured engine; a batch whose
     questions are all in `done` is skipped."""
@@ -330,6 +360,7 @@ def generations(
         engine=d.engine,
         cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
         skip=lambda batch: all(ids[i] in done for i in batch),
+        constraint=constraint,
     )
 
 
@@ -415,9 +446,10 @@ def merge_agreement(
     merged_model: Any,
     prompts: list[list[int]],
     eos: list[int],
+    constraint: JsonConstraint | None = None,
 ) -> dict[str, Any]:
     """Decode the first questions merged, unmerged (the adapter on the base as trained) and with the
-    adapter disabled (the base), in the same batches and with the same engine.
+    adapter disabled (the base), in the same batches, with the same engine and constraint.
 
     Agreement: merged == unmerged token for token (first divergence per question). Effect: a merge
     that silently dropped the adapter would decode like the base, so when the adapter's weights are
@@ -442,6 +474,7 @@ def merge_agreement(
             eos_ids=eos,
             engine=engine,
             cuda_graph=unmerged.device == "cuda" and not unmerged.quantized_4bit,
+            constraint=constraint,
         ):
             outs.update({g.index: g.token_ids for g in gens})
         return [outs[i] for i in range(n)]

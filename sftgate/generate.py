@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from sftgate.constrain import BatchMasks, JsonConstraint
 
 Engine = Literal["static", "hf"]
 
@@ -37,9 +40,12 @@ def generate_batch(
     *,
     max_new_tokens: int,
     eos_ids: Sequence[int],
+    constraint: JsonConstraint | None = None,
 ) -> list[tuple[list[int], str]]:
-    """Greedy-decode one batch (left-padded). Returns (token ids without padding/eos, finish reason)."""
+    """Greedy-decode one batch (left-padded). Returns (token ids without padding/eos, finish reason).
+    With a `constraint`, its grammar masks the logits at every step (xgrammar's LogitsProcessor)."""
     import torch
+    from transformers import LogitsProcessorList
 
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -60,6 +66,9 @@ def generate_batch(
             top_k=None,
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
+            logits_processor=LogitsProcessorList(
+                [constraint.logits_processor()] if constraint else []
+            ),
         )
     return cut_at_end_of_turn(out[:, width:].tolist(), eos_ids)
 
@@ -75,11 +84,13 @@ def greedy_generate(
     engine: Engine = "static",
     cuda_graph: bool = False,
     skip: Callable[[list[int]], bool] = lambda batch: False,
+    constraint: JsonConstraint | None = None,
 ) -> Iterator[list[Generation]]:
     """Yield each batch's generations as it finishes; `skip(batch_indices)` skips finished batches.
 
     engine "static": `static_generate_batch` (CUDA graph when `cuda_graph`); "hf": `generate`.
-    Both are greedy over the same left-padded batches and give the same tokens (tested on CPU)."""
+    Both are greedy over the same left-padded batches and give the same tokens (tested on CPU),
+    under the same grammar when a `constraint` is given (`sftgate.constrain`)."""
     for batch in length_batches([len(p) for p in prompts], batch_size):
         if skip(batch):
             continue
@@ -92,10 +103,16 @@ def greedy_generate(
                 eos_ids=eos_ids,
                 pad_id=tokenizer.pad_token_id,
                 cuda_graph=cuda_graph,
+                constraint=constraint,
             )
         else:
             outs = generate_batch(
-                model, tokenizer, batch_prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids
+                model,
+                tokenizer,
+                batch_prompts,
+                max_new_tokens=max_new_tokens,
+                eos_ids=eos_ids,
+                constraint=constraint,
             )
         yield [
             Generation(
@@ -158,6 +175,7 @@ def static_generate_batch(
     cuda_graph: bool,
     stop_check_every: int = 16,
     fused: bool = True,
+    constraint: JsonConstraint | None = None,
 ) -> list[tuple[list[int], str]]:
     """Greedy-decode one left-padded batch with a static KV cache; same contract as `generate_batch`.
 
@@ -168,7 +186,8 @@ def static_generate_batch(
     tokens are cut at the first end of turn); every `stop_check_every` steps the loop stops once
     every row has ended. With `fused` (the default), a plain Qwen3 model runs on
     `sftgate.qwen3_decoder` (the same computation in fewer, fused kernels); other models, or
-    `fused=False`, run transformers' forward over its `StaticCache`.
+    `fused=False`, run transformers' forward over its `StaticCache`. With a `constraint`, each
+    step's logits are masked by its grammar before the argmax (`masked_decode_loop`).
     """
     import torch
 
@@ -187,7 +206,13 @@ def static_generate_batch(
         else:
             logits, forward = transformers_decoder(model, prompts, cache_len, pad_id)
         out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        masks = constraint.batch(batch, device) if constraint is not None else None
+        if masks is not None:
+            masks.fill()
+            masks.apply(logits)
         out[:, 0] = logits.argmax(-1)
+        if masks is not None:
+            masks.accept(out[:, 0].tolist())
         state = DecodeState(
             out=out,
             token=out[:, :1].clone(),
@@ -196,7 +221,10 @@ def static_generate_batch(
             step=torch.tensor([1], device=device),
             eos=torch.tensor(list(eos_ids) or [-1], device=device),
         )
-        done = decode_loop(forward, state, max_new_tokens, cuda_graph, stop_check_every)
+        if masks is None:
+            done = decode_loop(forward, state, max_new_tokens, cuda_graph, stop_check_every)
+        else:
+            done = masked_decode_loop(forward, state, masks, max_new_tokens, cuda_graph)
         rows = out[:, :done].tolist()
     return cut_at_end_of_turn(rows, eos_ids)
 
@@ -213,7 +241,10 @@ class DecodeState:
     eos: Any  # end-of-turn ids
 
     def advance(self, forward: Callable[[Any, Any, Any], Any]) -> None:
-        nxt = forward(self.token, self.position, self.slot).argmax(-1, keepdim=True)
+        self.record(forward(self.token, self.position, self.slot).argmax(-1, keepdim=True))
+
+    def record(self, nxt: Any) -> None:
+        """`nxt` (batch, 1) is the next token: into `out`, and the step's tensors move on."""
         self.out.index_copy_(1, self.step, nxt)
         self.token.copy_(nxt)
         self.position.add_(1)
@@ -272,6 +303,53 @@ def decode_loop(
         torch.cuda.current_stream().synchronize()  # the replays are done before it is freed
     del graph
     return done
+
+
+def masked_decode_loop(
+    forward: Callable[[Any, Any, Any], Any],
+    state: DecodeState,
+    masks: BatchMasks,
+    max_new_tokens: int,
+    cuda_graph: bool,
+) -> int:
+    """`decode_loop` under a grammar. A step: the forward pass (a CUDA graph on a GPU, launched
+    without waiting) while the host fills the next token's mask from the tokens so far; then the
+    mask on the logits, the argmax, and the new tokens back to the host for the matchers (one
+    synchronisation a step). Stops when every row's matcher has taken an end of turn."""
+    step = graph_forward(forward, state) if cuda_graph else None
+    done = 1
+    while done < max_new_tokens and masks.live:
+        logits = step() if step is not None else forward(state.token, state.position, state.slot)
+        masks.fill()
+        masks.apply(logits)
+        nxt = logits.argmax(-1, keepdim=True)
+        state.record(nxt)
+        masks.accept(nxt.view(-1).tolist())
+        done += 1
+    del step
+    return done
+
+
+def graph_forward(forward: Callable[[Any, Any, Any], Any], state: DecodeState) -> Any:
+    """The forward pass of the next token as a CUDA graph: a function that replays it and returns
+    its (static) logits. A forward pass only writes the KV cache slot of `state.token`, so the
+    warm-up run before the capture changes nothing that the first replay does not write again."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        forward(state.token, state.position, state.slot)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = forward(state.token, state.position, state.slot)  # recorded, not run
+
+    def replay() -> Any:
+        graph.replay()
+        return logits
+
+    return replay
 
 
 def cut_at_end_of_turn(

@@ -19,7 +19,7 @@ from sftgate.errors import InputError, Problem
 from sftgate.tiny import TINY_MODEL_ID
 
 if TYPE_CHECKING:
-    from sftgate.evaluate import EvalConfig
+    from sftgate.evaluate import DecodeSettings, EvalConfig
     from sftgate.prompt import PromptTemplate
     from sftgate.questions import QuestionSet
     from sftgate.search.study import StudyConfig
@@ -215,6 +215,33 @@ def adapter_problems(adapter: str | None, config: str, field: str = "adapter") -
     return []
 
 
+def decode_problems(decode: DecodeSettings, file: str, field: str) -> list[Problem]:
+    """Constrained decoding needs its grammar library, and an engine that applies it."""
+    from sftgate.constrain import library_version
+
+    if decode.constrain == "none":
+        return []
+    if library_version() is None:
+        return [
+            _problem(
+                file,
+                field,
+                "constrain: json_schema needs xgrammar, which is not installed",
+                "pip install 'sftgate[constrain]', or set constrain: none",
+            )
+        ]
+    if decode.engine == "vllm":
+        return [
+            _problem(
+                file,
+                field,
+                "engine vllm does not decode under sftgate's grammar",
+                "use engine static (or hf) with constrain: json_schema",
+            )
+        ]
+    return []
+
+
 def require(problems: list[Problem]) -> None:
     if problems:
         raise InputError(problems)
@@ -241,6 +268,7 @@ def eval_problems(config: EvalConfig, file: str) -> list[Problem]:
         *input_file(config.contexts, file, "contexts"),
         *input_file(config.prompt, file, "prompt"),
         *output_folder(config.out, file, "out", new=False),  # an existing one is resumed
+        *decode_problems(config.decode, file, "decode.constrain"),
     ]
 
 
@@ -256,6 +284,7 @@ def study_problems(config: StudyConfig, file: str) -> list[Problem]:
         *input_file(config.full_questions, file, "full_questions"),
         *output_folder(str(config.work), file, "workdir", new=False),  # an existing one resumes
         *registry_problems(config.registry or default_path(), file, "registry"),
+        *decode_problems(config.decode, file, "decode.constrain"),
     ]
     if config.retrieval is not None:
         problems += corpus_path(config.retrieval.corpus, file, "retrieval.corpus")

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             merge=args.merge,
             engine=args.engine,
+            constrain=args.constrain,
         )
         config = EvalConfig(
             model=args.model,
@@ -94,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["static", "hf", "vllm"],
         default=d.engine,
         help="static: static KV cache + CUDA graph per batch (fastest measured); hf: transformers generate; vllm: if installed",
+    )
+    p.add_argument(
+        "--constrain",
+        choices=["none", "json_schema"],
+        default=d.constrain,
+        help="json_schema: decode under the eval JSON v2 grammar (xgrammar; static and hf engines)",
     )
     p.add_argument(
         "--allow-mismatch",
