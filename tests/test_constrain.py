@@ -135,13 +135,22 @@ def decode(engine: str, model, tokenizer, prompts, constraint):
     )
 
 
-@pytest.mark.parametrize("engine", ["static", "hf"])
-def test_an_answer_one_brace_short_becomes_valid_json(memorised, engine):
+@pytest.fixture(scope="module")
+def decoded(memorised):
+    """engine -> (unconstrained, constrained) outputs of the memorised model's two prompts."""
     model, tokenizer, prompts = memorised
     eos = eos_token_ids(tokenizer, model)
     constraint = json_constraint(tokenizer, model.get_output_embeddings().weight.shape[0], eos)
-    free = decode(engine, model, tokenizer, prompts, None)
-    held = decode(engine, model, tokenizer, prompts, constraint)
+    return {
+        engine: tuple(decode(engine, model, tokenizer, prompts, c) for c in (None, constraint))
+        for engine in ("static", "hf")
+    }
+
+
+@pytest.mark.parametrize("engine", ["static", "hf"])
+def test_an_answer_one_brace_short_becomes_valid_json(memorised, decoded, engine):
+    tokenizer = memorised[1]
+    free, held = decoded[engine]
     texts = [tokenizer.decode(toks) for toks, _ in free]
     assert texts == list(ANSWERS) and [f for _, f in free] == ["stop", "stop"]
     assert parse_output(texts[0])[1] is not None  # unconstrained: not valid JSON
@@ -154,12 +163,8 @@ def test_an_answer_one_brace_short_becomes_valid_json(memorised, engine):
     assert valid == free[1]  # already valid: the grammar allowed every argmax
 
 
-def test_static_and_hf_agree_under_the_constraint(memorised):
-    model, tokenizer, prompts = memorised
-    eos = eos_token_ids(tokenizer, model)
-    constraint = json_constraint(tokenizer, model.get_output_embeddings().weight.shape[0], eos)
-    static = decode("static", model, tokenizer, prompts, constraint)
-    assert static == decode("hf", model, tokenizer, prompts, constraint)
+def test_static_and_hf_agree_under_the_constraint(decoded):
+    assert decoded["static"][1] == decoded["hf"][1]
 
 
 def test_constrained_evaluation_records_its_grammar(tmp_path):

@@ -40,3 +40,16 @@ def test_pins_of_earlier_studies_hold():
         }
     )
     assert changed.settings_pins() == CHANGED
+
+
+def test_decode_constrain_enters_the_decode_pin_only_when_set():
+    """Every run of a study decodes with the study's settings, so a constrained study is another
+    study: its decode pin differs, the default one's is the earlier one."""
+    held = StudyConfig.model_validate(
+        {**BASE, "retrieval": {"corpus": "kb"}, "decode": {"constrain": "json_schema"}}
+    )
+    plain = StudyConfig.model_validate(
+        {**BASE, "retrieval": {"corpus": "kb"}, "decode": {"constrain": "none"}}
+    )
+    assert plain.settings_pins() == DEFAULTS
+    assert held.settings_pins()["settings.decode"] != DEFAULTS["settings.decode"]

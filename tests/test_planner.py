@@ -406,6 +406,7 @@ def test_plan_cli_same_decisions(tmp_path, capsys):
             "reason",
             "recommendations",
             "gap",
+            "new_study",
         }
         assert out["gap"] is None  # these histories carry no ceiling
     path.write_text(
@@ -499,3 +500,57 @@ def test_seed_budgets_stop_between_rounds(budget, expected):
     else:
         assert (d.action, d.round, d.selected_run) == ("stop", 1, "b")
         assert expected in d.reason
+
+
+SMOKE_BAD = [run("r0", R0, 30.0, schema=0.89)]
+# (name, history extras, policy, proposes a new study, a recommendation contains)
+FORMAT_STOPS = [
+    ("seed's policy: advice only", {}, Policy(), None, "decode.constrain: json_schema"),
+    (
+        "auto_constrain: the same study, constrained, as a new study",
+        {"study": "vpn"},
+        Policy(auto_constrain=True),
+        {"name": "vpn-constrained", "decode": {"constrain": "json_schema"}},
+        "start the new study `vpn-constrained`",
+    ),
+    (
+        "auto_constrain, adaptive policy: the same stop",
+        {"study": "vpn"},
+        Policy(kind="adaptive", auto_constrain=True),
+        {"name": "vpn-constrained", "decode": {"constrain": "json_schema"}},
+        "`name: vpn-constrained` and `decode: {constrain: json_schema}`",
+    ),
+    (
+        "already constrained: nothing to propose, the budget is the cause",
+        {"study": "vpn", "constrain": "json_schema"},
+        Policy(auto_constrain=True),
+        None,
+        "raise it",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extras", "policy", "new_study", "advice"),
+    FORMAT_STOPS,
+    ids=[c[0] for c in FORMAT_STOPS],
+)
+def test_smoke_schema_below_the_bar_stops_for_the_output_constraints(
+    name, extras, policy, new_study, advice
+):
+    h = History.model_validate({**hist(SMOKE_BAD).model_dump(), **extras})
+    d = plan_next(h, policy)
+    assert (d.action, d.round, d.selected_run) == ("stop", 0, "r0")
+    assert "fix the prompt and output constraints, not the hyperparameters" in d.reason
+    assert d.new_study == new_study
+    assert any(advice in r for r in d.recommendations), d.recommendations
+    # 0.9 exactly passes the smoke bar, as the seed says (>= 0.9)
+    ok = History.model_validate({**hist([run("r0", R0, 30.0, schema=0.9)]).model_dump(), **extras})
+    assert plan_next(ok, policy).action == "train"
+
+
+def test_auto_constrain_keeps_earlier_pins():
+    from sftgate.config import pin_view
+
+    assert "auto_constrain" not in pin_view(Policy())
+    assert pin_view(Policy(auto_constrain=True))["auto_constrain"] is True

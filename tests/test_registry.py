@@ -229,3 +229,19 @@ def test_runs_of_other_studies_or_pins_are_not_comparable(tmp_path):
     comparable(reg.run(a), reg.run(b))  # type: ignore[arg-type]
     with pytest.raises(MismatchError, match="study_id.*prompt_sha256"):
         comparable(reg.run(a), reg.run(c))  # type: ignore[arg-type]
+
+
+def test_a_constrained_and_an_unconstrained_run_are_not_comparable(tmp_path):
+    """Within a study every run shares the pinned decode settings; across evaluations recorded
+    otherwise (or edited by hand), the comparison names the constraint."""
+    from dataclasses import replace
+
+    reg = Registry(tmp_path / "r.sqlite")
+    s1, _ = reg.open_study("s1", PINS, "c.yaml", {})
+    a, b = reg.add_round(s1, 1, [(PARAMS, "a"), (PARAMS, "b")])
+    run_a, run_b = reg.run(a), reg.run(b)
+    assert run_a is not None and run_b is not None
+    held = replace(run_b, eval_meta={"decoding": {"constrain": "json_schema"}})
+    with pytest.raises(MismatchError, match="a constrained and an unconstrained run are never"):
+        comparable(run_a, held)
+    comparable(replace(run_a, eval_meta={"decoding": {"constrain": "json_schema"}}), held)

@@ -153,3 +153,17 @@ def test_runs_with_checkpoints_get_a_learning_curve_plot(tmp_path):
     assert "## Learning curves" in text and "![curves_round1.png](curves_round1.png)" in text
     assert (tmp_path / "curves_round1.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.step for p in reg.curve(a)] == [50, 100, 150] and reg.curve(b) == []
+
+
+def test_constrained_runs_are_marked(tmp_path):
+    from dataclasses import replace
+
+    from sftgate.search.report import round_blocks
+
+    reg = build_registry(tmp_path / "registry.sqlite")
+    run = reg.runs("study0")[0]
+    held = replace(run, eval_meta={"decoding": {"constrain": "json_schema"}})
+    table = round_blocks(0, [run, held])[1].content[1]
+    assert [row[1] for row in table] == ["done", "done (constrained)"]
+    md = "\n".join(str(b.content) for b in build_blocks(reg, "golden", None))
+    assert "['decode.constrain', '`none`']" in md

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -69,6 +70,12 @@ def print_result(result: SearchResult) -> int:
     """The study's end; exit code 1 when it stopped on a failure."""
     console = stdout_console()
     console.print(f"[bold]{result.decision.action}[/bold]: {result.decision.reason}")
+    if result.decision.new_study:
+        block = yaml.safe_dump(result.decision.new_study, sort_keys=False).rstrip()
+        console.print(
+            "proposed: a new study, this config with these keys changed:\n" + block,
+            markup=False,
+        )
     console.print(f"report: {result.report} (and .html)\nregistry: {result.registry}")
     if result.failed:
         err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -137,7 +137,7 @@ def budget_stop(history: History, policy: Policy, last_round: int) -> str | None
 
 def plan_adaptive(history: History, policy: Policy) -> Decision:
     rounds = sorted(history.rounds, key=lambda r: r.round)
-    opening = first_rounds(rounds, policy)
+    opening = first_rounds(rounds, policy, history)
     if opening is not None:
         return opening
     last = rounds[-1]

@@ -179,6 +179,8 @@ def history(reg: Registry, study: Study) -> History:
         full_eval_failures=full_failed,
         ceiling=study.reach["ceiling"] if study.reach else None,
         reach=reach_facts(study.reach),
+        study=study.name,
+        constrain=(study.config.get("decode") or {}).get("constrain", "none"),
     )
 
 

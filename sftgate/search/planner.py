@@ -137,6 +137,13 @@ class Policy(StrictModel):
             data = {"checkpoints": [0.25, 0.5, 0.75], **data}
         return data
 
+    auto_constrain: bool = Field(
+        False,
+        description="when round 0's schema_pass_rate is below smoke_schema, the stop proposes "
+        "this study with `decode.constrain: json_schema` as a new study (its name and YAML in "
+        "the recommendations; decode settings are pinned, so it cannot be this study)",
+        json_schema_extra=ADDED,
+    )
     allow_unreachable: bool = Field(
         False,
         description="search even when the ceiling is below gate_score + thresholds.margin (the "
@@ -274,6 +281,10 @@ class History(BaseModel):
     reach: ReachFacts | None = Field(
         None, description="the study's ceiling; stop decisions then explain the gap with it"
     )
+    study: str | None = Field(None, description="the study's name, for a proposed new study")
+    constrain: Literal["none", "json_schema"] = Field(
+        "none", description="the study's decode.constrain: its runs were decoded under it"
+    )
 
 
 class ProposedConfig(BaseModel):
@@ -299,6 +310,11 @@ class Decision(BaseModel):
         None,
         description="a stop's gate - eval_score_avg of the selected run, decomposed into "
         "retrieval, format and model (sftgate.ceiling.decompose_gap)",
+    )
+    new_study: dict[str, Any] | None = Field(
+        None,
+        description="a stop's proposal of a new study: its name and the settings that differ "
+        "from this study's (policy.auto_constrain)",
     )
 
 
@@ -438,7 +454,7 @@ def plan_next(history: History, policy: Policy | None = None) -> Decision:
 
 def seed_rules(history: History, policy: Policy) -> Decision:
     rounds = sorted(history.rounds, key=lambda r: r.round)
-    opening = first_rounds(rounds, policy)
+    opening = first_rounds(rounds, policy, history)
     if opening is not None:
         return opening
     last = rounds[-1]
@@ -475,13 +491,15 @@ def spend_stop(history: History, policy: Policy) -> str | None:
     return None
 
 
-def first_rounds(rounds: Sequence[RoundRecord], policy: Policy) -> Decision | None:
+def first_rounds(
+    rounds: Sequence[RoundRecord], policy: Policy, history: History
+) -> Decision | None:
     """What every policy decides alike: round 0, round 1, and a stop when every run of the
     latest round failed; None after that."""
     if not rounds:
         return smoke_round(policy)
     if rounds[-1].round == 0:
-        return after_smoke(rounds[-1], policy)
+        return after_smoke(rounds[-1], policy, history)
     last = rounds[-1]
     if all(run.status == "failed" for run in last.runs):
         return Decision(
@@ -511,7 +529,7 @@ def smoke_round(policy: Policy) -> Decision:
     )
 
 
-def after_smoke(round0: RoundRecord, policy: Policy) -> Decision:
+def after_smoke(round0: RoundRecord, policy: Policy, history: History) -> Decision:
     """Stop on a failed or format-breaking smoke run, else round 1's configs."""
     t, smoke = policy.thresholds, round0.runs[0]
     if smoke.status == "failed":
@@ -522,13 +540,7 @@ def after_smoke(round0: RoundRecord, policy: Policy) -> Decision:
             recommendations=["Fix the pipeline error above, then start a new study."],
         )
     if smoke.schema_rate < t.smoke_schema:
-        return Decision(
-            action="stop",
-            round=0,
-            selected_run=smoke.run_id,
-            reason=f"smoke schema_pass_rate {smoke.schema_rate:.3f} < {t.smoke_schema}: fix the prompt and output constraints, not the hyperparameters",
-            recommendations=PROMPT_ADVICE,
-        )
+        return format_stop(smoke, policy, history)
     proposed = [
         ProposedConfig(params=with_changes(policy.round0, c), reason=r)
         for c, r in zip(policy.round1, policy.round1_reasons)
@@ -539,6 +551,43 @@ def after_smoke(round0: RoundRecord, policy: Policy) -> Decision:
         configs=[c for c in proposed if seed_key(c.params) != smoke.key()],
         reason=f"smoke passed (schema_pass_rate {smoke.schema_rate:.3f}); round 1 compares three learning strengths",
     )
+
+
+def format_stop(smoke: RunRecord, policy: Policy, history: History) -> Decision:
+    """The seed's round-0 stop: fix the output constraints, not the hyperparameters. Where the
+    study allows it (policy.auto_constrain) and its runs were not constrained, the stop proposes
+    the same study decoded under the schema's grammar, as a new study: decode settings are pinned."""
+    t = policy.thresholds
+    reason = (
+        f"smoke schema_pass_rate {smoke.schema_rate:.3f} < {t.smoke_schema}: fix the prompt "
+        "and output constraints, not the hyperparameters"
+    )
+    stop = Decision(
+        action="stop", round=0, selected_run=smoke.run_id, reason=reason, recommendations=[]
+    )
+    if history.constrain == "json_schema":
+        advice = (
+            "Output constraints: this study already decodes under the eval JSON v2 grammar "
+            "(decode.constrain: json_schema), so its schema failures are answers cut at "
+            "decode.max_new_tokens: raise it, or demand shorter answers in the prompt (a new study)."
+        )
+        return stop.model_copy(update={"recommendations": [advice, *PROMPT_ADVICE]})
+    if not policy.auto_constrain:
+        advice = (
+            "Output constraints: `decode.constrain: json_schema` decodes under the eval JSON v2 "
+            "grammar, so every finished answer parses and passes the schema (a new study; "
+            "`policy.auto_constrain: true` has the planner propose it)."
+        )
+        return stop.model_copy(update={"recommendations": [*PROMPT_ADVICE, advice]})
+    name = f"{history.study or 'STUDY'}-constrained"
+    advice = (
+        f"Output constraints (policy.auto_constrain): start the new study `{name}`, this study's "
+        f"config with `name: {name}` and `decode: {{constrain: json_schema}}`; every finished "
+        "answer then parses and passes the schema (decode settings are pinned: a new study)."
+    )
+    proposal = {"name": name, "decode": {"constrain": "json_schema"}}
+    update = {"recommendations": [advice, *PROMPT_ADVICE], "new_study": proposal}
+    return stop.model_copy(update=update)
 
 
 def gate_passed(best: RunRecord, round_: int, history: History, t: Thresholds) -> Decision:

@@ -942,8 +942,22 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+def constrained(run: Run) -> str:
+    """The run's decode.constrain, as its gate evaluation recorded it ("none" before it existed)."""
+    decoding = (run.eval_meta or {}).get("decoding") or {}
+    return str(decoding.get("constrain", "none"))
+
+
 def comparable(a: Run, b: Run) -> None:
-    """Refuse to compare two runs of different studies or evaluated under different pins."""
+    """Refuse to compare two runs of different studies or evaluated under different pins, or one
+    decoded under the schema's grammar with one decoded without it."""
+    if constrained(a) != constrained(b):
+        raise MismatchError(
+            f"runs {a.id} and {b.id} are not comparable: {a.id} was decoded with "
+            f"decode.constrain {constrained(a)}, {b.id} with {constrained(b)}; a constrained and "
+            "an unconstrained run are never compared (the grammar changes which outputs pass the "
+            "schema, so the score difference would not be the models')"
+        )
     keys = ("study_id", "model_id", "prompt_sha256", "index_version", "eval_set_version")
     diff = [
         f"{k}: {getattr(a, k)[:12]} vs {getattr(b, k)[:12]}"

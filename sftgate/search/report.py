@@ -19,7 +19,7 @@ from sftgate.plots import SUBMETRICS, QuestionPoint, RunPoint, write_plots
 from sftgate.scoring import METRIC_KEYS
 from sftgate.search.browse import PAGE, write_study_browser
 from sftgate.search.planner import CurvePoint, Policy, Thresholds
-from sftgate.search.registry import PIN_KEYS, FullState, Registry, Run, Study
+from sftgate.search.registry import PIN_KEYS, FullState, Registry, Run, Study, constrained
 from sftgate.tiny import TINY_MODEL_ID
 
 TINY_MODEL_NOTE = (
@@ -179,6 +179,11 @@ def reach_blocks(study: Study, final: dict[str, Any] | None) -> list[Block]:
     return blocks
 
 
+def study_constrain(study: Study) -> str:
+    """The study's decode.constrain (pinned: every run of the study was decoded so)."""
+    return str((study.config.get("decode") or {}).get("constrain", "none"))
+
+
 def pins_and_provenance(study: Study, runs: Sequence[Run]) -> list[Block]:
     blocks = [Block("h2", "Pinned inputs")]
     blocks.append(
@@ -188,6 +193,7 @@ def pins_and_provenance(study: Study, runs: Sequence[Run]) -> list[Block]:
                 ["input", "value"],
                 [[k, f"`{study.pins[k]}`"] for k in PIN_KEYS]
                 + [[k, f"`{v}`"] for k, v in sorted(study.pins.items()) if k not in PIN_KEYS]
+                + [["decode.constrain", f"`{study_constrain(study)}`"]]
                 + [["created", study.created_at], ["config", f"`{study.config_path}`"]],
             ),
         )
@@ -243,7 +249,7 @@ def round_blocks(round_: int, runs: Sequence[Run]) -> list[Block]:
         rows.append(
             [
                 f"`{r.id}`",
-                r.status,
+                r.status + (" (constrained)" if constrained(r) != "none" else ""),
                 f"`{r.adapter_id[:8]}`" if r.adapter_id else "–",
                 *(f"{v:g}" for v in r.params.seed_view().values()),
                 score,
