@@ -205,3 +205,33 @@ def test_engine_vllm_refuses_the_constraint(tmp_path):
     with pytest.raises(InputError, match="engine vllm does not decode under sftgate's grammar"):
         evaluate(cfg, progress=False)
     assert DecodeSettings(constrain="json_schema").engine == "static"
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decoding_under_the_constraint_equals_eager_and_hf(memorised):
+    """On CUDA the static decoder's forward pass is a CUDA graph and the mask is applied by
+    xgrammar's Triton kernel: the same tokens as without the graph, and as `generate`'s."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    model, tokenizer, prompts = memorised
+    model = model.to("cuda")
+    eos = eos_token_ids(tokenizer, model)
+    constraint = json_constraint(tokenizer, model.get_output_embeddings().weight.shape[0], eos)
+    runs = {
+        graph: static_generate_batch(
+            model,
+            prompts,
+            max_new_tokens=120,
+            eos_ids=eos,
+            pad_id=tokenizer.pad_token_id,
+            cuda_graph=graph,
+            constraint=constraint,
+        )
+        for graph in (True, False)
+    }
+    hf = generate_batch(model, tokenizer, prompts, max_new_tokens=120, eos_ids=eos, constraint=constraint)
+    assert runs[True] == runs[False] == hf
+    parsed, error = parse_output(tokenizer.decode(runs[True][0][0]))
+    assert error is None and schema_errors(parsed) == []
