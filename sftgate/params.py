@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from sftgate.config import StrictModel
+from sftgate.config import ADDED, StrictModel
+from sftgate.targets import TargetFormat
 
 
 class TrainParams(StrictModel):
@@ -32,6 +33,13 @@ class TrainParams(StrictModel):
         "linear", description="decay after warm-up"
     )
     seed: int = Field(0, description="seeds data order, LoRA init and dropout")
+    target_format: TargetFormat = Field(
+        "schema_order",
+        description="how a training target is serialised: schema_order (the schema's key order) "
+        "or answer_last (evidence and anchors first, the answer last, a space before the closing "
+        "brace: every target ends with the same tokens; sftgate.targets)",
+        json_schema_extra=ADDED,
+    )
 
     def seed_view(self) -> dict[str, float | int]:
         """The seven parameters the seed names, as the planner and reports show them."""

@@ -34,7 +34,7 @@ from sftgate.artifacts import (
     save_adapter,
     write_checkpoint,
 )
-from sftgate.config import StrictModel
+from sftgate.config import StrictModel, pin_view
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError, SftgateWarning
 from sftgate.models import LoadedModel, Quantization, load_model
@@ -42,7 +42,7 @@ from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
 from sftgate.questions import Passage, Question, QuestionSet, load_questions
-from sftgate.targets import reference_completion
+from sftgate.targets import TargetFormat, reference_completion
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
 IGNORE = -100  # target id that the loss skips
@@ -150,15 +150,23 @@ def build_example(
     question: Question,
     passages: Sequence[Passage],
     max_length: int,
+    target_format: TargetFormat = "schema_order",
 ) -> Example | None:
     """Prompt + completion within max_length, never cutting the completion.
 
     Passages are dropped from the end first; if the first passage alone is still too long it is
-    shortened. The completion is the reference grounded in the passages that remain.
+    shortened. The completion is the reference grounded in the passages that remain, serialised
+    as `target_format` says (`sftgate.targets`).
     """
     kept = list(passages)
+
+    def completion(ps: Sequence[Passage]) -> list[int]:
+        return completion_ids(
+            tokenizer, reference_completion(question.reference, ps, target_format)
+        )
+
     while True:
-        target = completion_ids(tokenizer, reference_completion(question.reference, kept))
+        target = completion(kept)
         prompt = encode_prompt(tokenizer, template, question.question, kept)
         if len(prompt) + len(target) <= max_length:
             return Example(
@@ -178,7 +186,7 @@ def build_example(
         while lo < hi:
             mid = (lo + hi + 1) // 2
             trial = [Passage(source_path=kept[0].source_path, text=text[:mid])] if mid else []
-            t = completion_ids(tokenizer, reference_completion(question.reference, trial))
+            t = completion(trial)
             if (
                 len(encode_prompt(tokenizer, template, question.question, trial)) + len(t)
                 <= max_length
@@ -188,7 +196,7 @@ def build_example(
                 hi = mid - 1
         kept = [Passage(source_path=kept[0].source_path, text=text[:lo])] if lo else []
         if not kept:
-            target = completion_ids(tokenizer, reference_completion(question.reference, []))
+            target = completion([])
             prompt = encode_prompt(tokenizer, template, question.question, [])
             if len(prompt) + len(target) > max_length:
                 return None
@@ -201,10 +209,11 @@ def tokenize_examples(
     questions: Sequence[Question],
     passages: dict[str, tuple[Passage, ...]],
     max_length: int,
+    target_format: TargetFormat = "schema_order",
 ) -> Tokenized:
     out = Tokenized([])
     for q in questions:
-        ex = build_example(tokenizer, template, q, passages[q.id], max_length)
+        ex = build_example(tokenizer, template, q, passages[q.id], max_length, target_format)
         if ex is None:
             out.dropped.append(q.id)
             continue
@@ -679,7 +688,14 @@ def training_examples(config: TrainConfig, tokenizer: Any, inputs: TrainInputs) 
     it)."""
     max_length = config.params.max_length
     questions = inputs.questions.questions
-    data = tokenize_examples(tokenizer, inputs.template, questions, inputs.passages, max_length)
+    data = tokenize_examples(
+        tokenizer,
+        inputs.template,
+        questions,
+        inputs.passages,
+        max_length,
+        config.params.target_format,
+    )
     if not data.examples:
         raise InputError(
             Problem(
@@ -931,7 +947,9 @@ def adapter_metadata(
         "prompt_version": inputs.template.version,
         "prompt_sha256": inputs.template.sha256,
         "index_version": inputs.index_version,
-        "train_params": p.model_dump(mode="json"),
+        # pin_view: a setting added later is recorded only when set, so an adapter trained
+        # before it existed still matches its run's params (sftgate.search.runner)
+        "train_params": pin_view(p),
         "seed": p.seed,
         "gradient_checkpointing": checkpointing.on,
         "machinery": asdict(machinery),

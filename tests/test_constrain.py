@@ -17,6 +17,7 @@ from sftgate.evaluate import DecodeSettings, eval_identity, evaluate  # noqa: E4
 from sftgate.generate import generate_batch, static_generate_batch  # noqa: E402
 from sftgate.models import eos_token_ids  # noqa: E402
 from sftgate.scoring import parse_output, schema_errors  # noqa: E402
+from sftgate.targets import ANSWER_LAST  # noqa: E402
 from sftgate.tiny import build_tiny_qwen3, build_tiny_tokenizer  # noqa: E402
 from tests.test_eval import eval_config  # noqa: E402
 
@@ -83,6 +84,10 @@ def test_grammar_accepts_exactly_what_the_schema_validates(tokenizer_name):
             assert grammar_accepts(constraint, tokenizer, text, stop) == expected, text
     # the end of turn comes only after the object, and nothing comes after the object
     text = json.dumps(VALID, ensure_ascii=False)
+    answer_last = {k: VALID[k] for k in ANSWER_LAST}  # train.target_format: answer_last
+    assert grammar_accepts(
+        constraint, tokenizer, json.dumps(answer_last, ensure_ascii=False)[:-1] + " }", stop
+    )
     assert not grammar_accepts(constraint, tokenizer, text[:-1], stop)
     assert not grammar_accepts(constraint, tokenizer, text + " x", stop)
 
@@ -102,7 +107,9 @@ def memorised():
     model, tokenizer = build_tiny_qwen3(0)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
-    rows = [p + tokenizer.encode(a, add_special_tokens=False) + [end] for p, a in zip(prompts, ANSWERS)]
+    rows = [
+        p + tokenizer.encode(a, add_special_tokens=False) + [end] for p, a in zip(prompts, ANSWERS)
+    ]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
     labels = ids.clone()
@@ -231,7 +238,9 @@ def test_cuda_graph_decoding_under_the_constraint_equals_eager_and_hf(memorised)
         )
         for graph in (True, False)
     }
-    hf = generate_batch(model, tokenizer, prompts, max_new_tokens=120, eos_ids=eos, constraint=constraint)
+    hf = generate_batch(
+        model, tokenizer, prompts, max_new_tokens=120, eos_ids=eos, constraint=constraint
+    )
     assert runs[True] == runs[False] == hf
     parsed, error = parse_output(tokenizer.decode(runs[True][0][0]))
     assert error is None and schema_errors(parsed) == []

