@@ -14,8 +14,8 @@ from sftgate.cli import main
 from sftgate.config import load_config
 from sftgate.errors import InputError
 from sftgate.models import load_model
-from sftgate.paths import SAMPLE_DIR
 from sftgate.params import TrainParams
+from sftgate.paths import SAMPLE_DIR
 from sftgate.prompt import load_prompt, render_prompt
 from sftgate.questions import Passage, load_questions
 from sftgate.scoring import score_question
