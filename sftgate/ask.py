@@ -16,7 +16,7 @@ from typing import Any
 
 from sftgate.artifacts import read_adapter_metadata
 from sftgate.errors import InputError, MismatchError, Problem
-from sftgate.evaluate import DecodeSettings, check_adapter, load_for_eval
+from sftgate.evaluate import DecodeSettings, check_adapter, load_for_eval, output_constraint
 from sftgate.generate import Engine, greedy_generate
 from sftgate.index import Index, load_index
 from sftgate.models import Quantization, eos_token_ids
@@ -160,6 +160,7 @@ def ask(
     merged = (source.decode.merge if merge is None else merge) and adapter is not None
     loaded = load_for_eval(model_id, adapter, meta, source.quantization, merged=merged)
     prompt = encode_prompt(loaded.tokenizer, source.template, question, passages)
+    eos = eos_token_ids(loaded.tokenizer, loaded.model)
     [[gen]] = list(
         greedy_generate(
             loaded.model,
@@ -167,9 +168,12 @@ def ask(
             [prompt],
             batch_size=1,
             max_new_tokens=max_new_tokens or source.decode.max_new_tokens,
-            eos_ids=eos_token_ids(loaded.tokenizer, loaded.model),
+            eos_ids=eos,
             engine=engine,
             cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
+            constraint=output_constraint(
+                source.decode, loaded, eos
+            ),  # the study's decode.constrain
         )
     )
     return Answer(

@@ -164,7 +164,7 @@ def evaluate(
     )
     mismatches += revision_mismatches(config, adapter_meta, loaded)
     eos = eos_token_ids(loaded.tokenizer, loaded.model)
-    constraint = output_constraint(config, loaded, eos)
+    constraint = output_constraint(config.decode, loaded, eos)
     prompts = [
         encode_prompt(loaded.tokenizer, template, q.question, passages[q.id]) for q in questions
     ]
@@ -222,11 +222,11 @@ def pin_mismatches(
 
 
 def output_constraint(
-    config: EvalConfig, loaded: LoadedModel, eos: list[int]
+    decode: DecodeSettings, loaded: LoadedModel, eos: list[int]
 ) -> JsonConstraint | None:
     """The grammar for `decode.constrain: json_schema`, compiled for the model's tokenizer and its
     logits' width (a vocabulary padded past the tokenizer's); its end of turn is `eos`."""
-    if config.decode.constrain == "none":
+    if decode.constrain == "none":
         return None
     width = loaded.model.get_output_embeddings().weight.shape[0]
     return json_constraint(loaded.tokenizer, width, eos)

@@ -110,7 +110,8 @@ def study_prompt(
             passages=[p.source_path for p in passages],
         )
     max_length = max_length or config.policy.round0.max_length
-    example = build_example(tokenizer, template, question, passages, max_length)
+    target_format = config.policy.round0.target_format
+    example = build_example(tokenizer, template, question, passages, max_length, target_format)
     if example is None:
         raise InputError(
             Problem(

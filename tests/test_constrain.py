@@ -244,3 +244,47 @@ def test_cuda_graph_decoding_under_the_constraint_equals_eager_and_hf(memorised)
     assert runs[True] == runs[False] == hf
     parsed, error = parse_output(tokenizer.decode(runs[True][0][0]))
     assert error is None and schema_errors(parsed) == []
+
+
+@pytest.mark.slow
+def test_a_format_stop_proposes_the_study_constrained_and_that_study_runs(tmp_path, capsys):
+    """A tiny study whose smoke run writes no JSON stops at round 0; with auto_constrain the stop
+    proposes the same study constrained, which runs as a new study: its runs are decoded under
+    the grammar, the report marks them, and they are never compared with the first study's."""
+    import yaml
+
+    from sftgate.cli import main
+    from sftgate.search.registry import Registry
+    from tests.test_search import make_project
+
+    config = make_project(
+        tmp_path, allow_unreachable=True, auto_constrain=True, thresholds={"smoke_schema": 0.9}
+    )
+    assert main(["search", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "fix the prompt and output constraints" in out
+    assert "name: tiny-study-constrained" in out and "constrain: json_schema" in out
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["name"] = "tiny-study-constrained"
+    data["decode"]["constrain"] = "json_schema"
+    data["workdir"] = "work-constrained"
+    held = tmp_path / "constrained.yaml"
+    held.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    assert main(["search", "--config", str(held)]) == 0
+    capsys.readouterr()
+    report = (tmp_path / "work-constrained" / "report.md").read_text(encoding="utf-8")
+    assert "done (constrained)" in report and "| decode.constrain | `json_schema` |" in report
+    # 6 new tokens cut every answer: the grammar is not the cause, the budget is
+    assert "already decodes under the eval JSON v2 grammar" in report
+
+    reg = Registry(tmp_path / "registry.sqlite")
+    first = reg.runs(reg.require_study("tiny-study").id)[0]
+    second = reg.runs(reg.require_study("tiny-study-constrained").id)[0]
+    reg.close()
+    assert second.eval_meta["decoding"]["constrain"] == "json_schema"
+    assert second.eval_meta["constraint"]["library"] == "xgrammar"
+    assert "constrain" not in first.eval_meta["decoding"]
+    assert (
+        main(["compare", first.id, second.id, "--registry", str(tmp_path / "registry.sqlite")]) == 2
+    )
+    assert "a constrained and an unconstrained run are never compared" in capsys.readouterr().err
