@@ -31,12 +31,14 @@ characters) made the matcher twice as slow, and a model that writes blanks until
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 from sftgate.errors import SftgateError
+from sftgate.scoring import SCHEMA_PATH
 
 LIBRARY = "xgrammar"
 # What Python's `re` (and so `jsonschema`'s `pattern: "\S"`) counts as whitespace, among the
@@ -50,11 +52,11 @@ _KEYS = {
     "anchors": "anchors",
 }
 _RULES = rf"""
-anchors ::= "[" ws "]" | "[" ws anchor (ws "," ws anchor){{0,4}} ws "]"
+anchors ::= "[" ws "]" | "[" ws anchor (ws "," ws anchor){{0,ANCHORS_MORE}} ws "]"
 anchor ::= "{{" ws (source_path ws "," ws anchor_text | anchor_text ws "," ws source_path) ws "}}"
 source_path ::= "\"source_path\"" ws ":" ws text
 anchor_text ::= "\"text\"" ws ":" ws text
-quotes ::= "[" ws "]" | "[" ws text (ws "," ws text){{0,4}} ws "]"
+quotes ::= "[" ws "]" | "[" ws text (ws "," ws text){{0,QUOTES_MORE}} ws "]"
 text ::= "\"" text_lead
 text_lead ::= blank text_lead | visible text_rest
 text_rest ::= "\"" | char text_rest
@@ -67,13 +69,15 @@ ws ::= [ \n\t\r]*
 
 def eval_json_v2_grammar() -> str:
     """sftgate/resources/eval_json_v2.schema.json as an EBNF grammar (xgrammar's dialect): one
-    object with the four keys in any order, at most 5 evidence quotes and 5 anchors, every string
-    holding a non-whitespace character.
+    object with the four keys in any order, at most the schema's maxItems evidence quotes and
+    anchors (5 and 5), every string holding a non-whitespace character.
 
     Any order: `members_S` is the members still to come, for every set S of keys; each of its
     alternatives starts with another key, so the parser follows one of them once a key is read
     (24 whole orders side by side would carry up to six through every string, 6x the work)."""
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     names = list(_KEYS)
+    assert set(schema["required"]) == set(names) == set(schema["properties"]), "schema changed"
 
     def rule(keys: tuple[str, ...]) -> str:
         return "members_" + "_".join(str(names.index(k)) for k in keys)
@@ -87,7 +91,10 @@ def eval_json_v2_grammar() -> str:
                 rest = tuple(x for x in keys if x != k)
                 alternatives.append(f'({member} ws "," ws {rule(rest)})' if rest else member)
             lines.append(f"{rule(keys)} ::= " + " | ".join(alternatives))
-    return "\n".join(lines) + _RULES
+    limits = {k: schema["properties"][k]["maxItems"] - 1 for k in ("anchors", "original_evidence")}
+    rules = _RULES.replace("ANCHORS_MORE", str(limits["anchors"]))
+    rules = rules.replace("QUOTES_MORE", str(limits["original_evidence"]))
+    return "\n".join(lines) + rules
 
 
 def library_version() -> str | None:
