@@ -32,17 +32,18 @@ from sftgate.constrain import JsonConstraint, json_constraint
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, MismatchError, Problem
 from sftgate.generate import (
-    Engine,
     Generation,
     greedy_generate,
     length_batches,
     vllm_generate,
 )
-from sftgate.models import LoadedModel, Quantization, eos_token_ids, load_model
+from sftgate.models import LoadedModel, Quantization, eos_token_ids
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
 from sftgate.questions import load_questions
+from sftgate.resident import ResidentBase, borrowed, merged_copy
 from sftgate.scoring import score_predictions
+from sftgate.stopwatch import Stopwatch
 
 
 class DecodeSettings(StrictModel):
@@ -55,7 +56,10 @@ class DecodeSettings(StrictModel):
         description="merge the adapter into the (dequantised) base before decoding: faster, same outputs",
     )
     merge_check_questions: int = Field(
-        4, ge=0, description="questions decoded both merged and unmerged to measure agreement"
+        4,
+        ge=0,
+        description="questions on whose answers the merged, unmerged and base models are compared "
+        "(teacher-forced: one forward pass each)",
     )
     engine: Literal["static", "hf", "vllm"] = Field(
         "static",
@@ -108,6 +112,40 @@ def check_adapter(
     ]
 
 
+def eval_quantization(
+    adapter: str | None, adapter_meta: dict[str, Any] | None, quantization: Quantization
+) -> Quantization:
+    """The base is loaded as the adapter was trained: 4-bit if it was, else in full precision;
+    without an adapter, as configured."""
+    if trained_4bit(adapter_meta):
+        return "4bit"
+    return "none" if adapter else quantization
+
+
+def model_for_eval(
+    base: LoadedModel, adapter: str | None, *, merged: bool, keep_base: bool = True
+) -> LoadedModel:
+    """The model evaluation decodes with, from a loaded base.
+
+    Unmerged: the adapter on top of the base itself (the caller borrows the base,
+    `sftgate.resident.borrowed`). Merged: the adapter merged into a full-precision copy of the base
+    (`sftgate.resident.merged_copy`: for a 4-bit-trained adapter the NF4 weights dequantised
+    first, so the merged model computes what was trained); the base is not touched unless
+    `keep_base` is off (a base loaded for this alone).
+    """
+    from peft import PeftModel
+
+    if adapter is None:
+        return base
+    if merged:
+        model = merged_copy(base, adapter, keep_base=keep_base)
+        return replace(base, model=model, quantized_4bit=False)
+    with libwarnings.quiet():
+        model = PeftModel.from_pretrained(base.model, adapter)
+    model.eval()
+    return replace(base, model=model)
+
+
 def load_for_eval(
     model_id: str,
     adapter: str | None,
@@ -116,37 +154,24 @@ def load_for_eval(
     *,
     merged: bool,
 ) -> LoadedModel:
-    """The model evaluation decodes with.
-
-    Unmerged: the base loaded as the adapter was trained (4-bit if it was) with the adapter on top.
-    Merged: the adapter merged into a full-precision copy of that base; for a 4-bit-trained adapter
-    the NF4 weights are dequantised first, so the merged model computes what was trained.
-    """
-    from peft import PeftModel
-
-    base_4bit = trained_4bit(adapter_meta)
-    loaded = load_model(
-        model_id, quantization="4bit" if base_4bit else ("none" if adapter else quantization)
-    )
-    if adapter is None:
-        return loaded
-    model = loaded.model
-    if merged and loaded.quantized_4bit:
-        model = model.dequantize()
-    with libwarnings.quiet():
-        model = PeftModel.from_pretrained(model, adapter)
-    if merged:
-        model = model.merge_and_unload()
-    model.eval()
-    return replace(loaded, model=model, quantized_4bit=loaded.quantized_4bit and not merged)
+    """`model_for_eval` on a base loaded for it alone (merged into in place: one copy in memory)."""
+    base = ResidentBase().get(model_id, eval_quantization(adapter, adapter_meta, quantization))
+    return model_for_eval(base, adapter, merged=merged, keep_base=False)
 
 
 def evaluate(
-    config: EvalConfig, *, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
+    config: EvalConfig,
+    *,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+    base: ResidentBase | None = None,
 ) -> EvalResult:
     """Check the adapter against this evaluation's inputs, record what is evaluated in the output
-    folder, load the model (the adapter merged unless `decode.merge` is off), decode the questions
-    not done yet, check the merge, score, write the metadata (files: `sftgate.artifacts`)."""
+    folder, load the base (or take `base`'s, kept loaded across runs), decode the questions not
+    done yet (the adapter merged into a copy unless `decode.merge` is off), check the merge, score,
+    write the metadata with where the time went (files: `sftgate.artifacts`). The base comes back
+    as it was (`sftgate.resident.borrowed`)."""
+    clock = Stopwatch()
     template = load_prompt(config.prompt)
     questions = load_questions(config.questions)
     contexts = load_contexts(config.contexts) if config.contexts else None
@@ -158,10 +183,10 @@ def evaluate(
     out = Path(config.out)
     start_evaluation(out, identity)
 
-    merged = config.decode.merge and config.adapter is not None
-    loaded = load_for_eval(
-        config.model, config.adapter, adapter_meta, config.quantization, merged=merged
-    )
+    with clock.part("model_load"):
+        loaded = (base or ResidentBase()).get(
+            config.model, eval_quantization(config.adapter, adapter_meta, config.quantization)
+        )
     mismatches += revision_mismatches(config, adapter_meta, loaded)
     eos = eos_token_ids(loaded.tokenizer, loaded.model)
     constraint = output_constraint(config.decode, loaded, eos)
@@ -169,32 +194,86 @@ def evaluate(
         encode_prompt(loaded.tokenizer, template, q.question, passages[q.id]) for q in questions
     ]
     ids = [q.id for q in questions]
-    decoded = decode_all(
-        config, loaded, prompts, ids, eos, constraint, progress=progress, on_batch=on_batch
-    )
-
-    merge_check = None
-    if merged and config.decode.merge_check_questions:
-        merge_check = merge_agreement(config, adapter_meta, loaded.model, prompts, eos, constraint)
-    rows = [decoded.done[i] for i in ids]
+    with borrowed(loaded.model):
+        run = decode_with_adapter(
+            config,
+            loaded,
+            prompts,
+            ids,
+            eos,
+            constraint,
+            clock,
+            progress=progress,
+            on_batch=on_batch,
+        )
+    rows = [run.decoded.done[i] for i in ids]
     write_predictions(out, rows)  # question order: identical whether or not it was resumed
-    metrics, scores = score_predictions(questions, passages, {r["id"]: r["output"] for r in rows})
-    write_score_outputs(out, metrics, scores)
+    with clock.part("scoring"):
+        metrics, scores = score_predictions(
+            questions, passages, {r["id"]: r["output"] for r in rows}
+        )
+        write_score_outputs(out, metrics, scores)
     meta = {
         **identity,
         "adapter_path": config.adapter,
-        "quantization": quantization_label(loaded.quantized_4bit),
-        "merged": merged,
-        "merge_check": merge_check,
+        "quantization": quantization_label(run.quantized_4bit),
+        "merged": run.merged,
+        "merge_check": run.merge_check,
         "allow_mismatch": config.allow_mismatch,
         "mismatches": mismatches,
         "constraint": constraint.describe() if constraint else None,
         "questions_path": questions.path,
-        **decode_measurements(rows, decoded, loaded),
+        **decode_measurements(rows, run.decoded, loaded),
+        "timings": clock.split(),
         "provenance": provenance(),
     }
     finish_evaluation(out, meta)
     return EvalResult(out, metrics, meta, scores)
+
+
+@dataclass(frozen=True)
+class AdapterRun:
+    decoded: Decoded
+    merged: bool
+    quantized_4bit: bool  # what decoded: the 4-bit base (unmerged) or a full-precision one
+    merge_check: dict[str, Any] | None
+
+
+def decode_with_adapter(
+    config: EvalConfig,
+    base: LoadedModel,
+    prompts: list[list[int]],
+    ids: list[str],
+    eos: list[int],
+    constraint: JsonConstraint | None,
+    clock: Stopwatch,
+    *,
+    progress: bool,
+    on_batch: Callable[[int, int], None] | None,
+) -> AdapterRun:
+    """Decode with the adapter (merged into a copy, or on the borrowed base), then check the
+    merge; the merged copy is dropped on return."""
+    merged = config.decode.merge and config.adapter is not None
+    with clock.part("merge"):
+        model = model_for_eval(base, config.adapter, merged=merged)
+    with clock.part("decode"):
+        decoded = decode_all(
+            config, model, prompts, ids, eos, constraint, progress=progress, on_batch=on_batch
+        )
+    merge_check = None
+    if merged and config.decode.merge_check_questions:
+        assert config.adapter is not None
+        with clock.part("merge_check"):
+            answers = [decoded.done[i]["output"] for i in ids]
+            merge_check = merge_agreement(
+                config.decode.merge_check_questions,
+                base,
+                config.adapter,
+                model.model,
+                prompts,
+                answers,
+            )
+    return AdapterRun(decoded, merged, model.quantized_4bit, merge_check)
 
 
 def pin_mismatches(
@@ -441,58 +520,54 @@ def row(qid: str, g: Generation) -> dict[str, Any]:
 
 
 def merge_agreement(
-    config: EvalConfig,
-    adapter_meta: dict[str, Any] | None,
+    n_questions: int,
+    base: LoadedModel,
+    adapter: str,
     merged_model: Any,
     prompts: list[list[int]],
-    eos: list[int],
-    constraint: JsonConstraint | None = None,
+    answers: list[str],
 ) -> dict[str, Any]:
-    """Decode the first questions merged, unmerged (the adapter on the base as trained) and with the
-    adapter disabled (the base), in the same batches, with the same engine and constraint.
+    """Check the merge on the first questions, teacher-forced: each question's prompt followed by
+    the merged model's answer goes through the merged model, the unmerged one (the adapter on the
+    base as trained) and the base (adapter disabled) in one forward pass each, and their greedy
+    next tokens are compared at every answer position (and the one after it).
 
-    Agreement: merged == unmerged token for token (first divergence per question). Effect: a merge
-    that silently dropped the adapter would decode like the base, so when the adapter's weights are
-    non-trivial and the unmerged model differs from the base, the merged one must differ too.
+    Agreement: merged == unmerged at every position (else the first position that differs; 0 is
+    the answer's first token). Effect: a merge that silently dropped the adapter would predict
+    like the base, so when the adapter's weights are non-trivial and the unmerged model differs
+    from the base, the merged one must differ too. Three forward passes per question instead of
+    decoding the questions three ways: a fraction of a second on a GPU (`merge_check_s` in the
+    evaluation's timings). The models' own next tokens are compared, so a decoding constraint
+    (`decode.constrain`) shapes the answers checked on, not the check.
     """
-    n = min(config.decode.merge_check_questions, len(prompts))
-    unmerged = load_for_eval(
-        config.model, config.adapter, adapter_meta, config.quantization, merged=False
-    )
-    sample = prompts[:n]
-    d = config.decode
-    engine: Engine = "hf" if d.engine == "hf" else "static"
+    from peft import PeftModel
 
-    def decode(model: Any) -> list[list[int]]:
-        outs: dict[int, list[int]] = {}
-        for gens in greedy_generate(
-            model,
-            unmerged.tokenizer,
-            sample,
-            batch_size=d.batch_size,
-            max_new_tokens=d.max_new_tokens,
-            eos_ids=eos,
-            engine=engine,
-            cuda_graph=unmerged.device == "cuda" and not unmerged.quantized_4bit,
-            constraint=constraint,
-        ):
-            outs.update({g.index: g.token_ids for g in gens})
-        return [outs[i] for i in range(n)]
-
-    merged, adapted = decode(merged_model), decode(unmerged.model)
-    with unmerged.model.disable_adapter():
-        base = decode(unmerged.model)
-    adapter_nontrivial = any(
-        bool(p.detach().abs().sum() > 0)
-        for name, p in unmerged.model.named_parameters()
-        if "lora_B" in name
-    )
+    n = min(n_questions, len(prompts))
+    tokenizer = base.tokenizer
+    sequences = [
+        (prompts[i], list(tokenizer(answers[i], add_special_tokens=False)["input_ids"]))
+        for i in range(n)
+    ]
+    with borrowed(base.model):
+        with libwarnings.quiet():
+            unmerged = PeftModel.from_pretrained(base.model, adapter)
+        unmerged.eval()
+        merged, adapted = next_tokens(merged_model, sequences), next_tokens(unmerged, sequences)
+        with unmerged.disable_adapter():
+            plain = next_tokens(unmerged, sequences)
+        adapter_nontrivial = any(
+            bool(p.detach().abs().sum() > 0)
+            for name, p in unmerged.named_parameters()
+            if "lora_B" in name
+        )
+        del unmerged
     divergence = [first_divergence(x, y) for x, y in zip(merged, adapted)]
-    merged_vs_base = sum(x != y for x, y in zip(merged, base))
-    adapted_vs_base = sum(x != y for x, y in zip(adapted, base))
+    merged_vs_base = sum(x != y for x, y in zip(merged, plain))
+    adapted_vs_base = sum(x != y for x, y in zip(adapted, plain))
     return {
         "questions": n,
-        "engine": engine,
+        "method": "teacher-forced (prompt + the merged model's answer, one forward pass a model)",
+        "positions": sum(len(x) for x in merged),
         "exact_match_rate": sum(v is None for v in divergence) / n if n else None,
         "disagreeing": [i for i, v in enumerate(divergence) if v is not None],
         "first_divergence_token": divergence,
@@ -501,6 +576,21 @@ def merge_agreement(
         "merged_differs_from_base": merged_vs_base,
         "adapter_effect_lost": adapter_nontrivial and adapted_vs_base > 0 and merged_vs_base == 0,
     }
+
+
+def next_tokens(model: Any, sequences: list[tuple[list[int], list[int]]]) -> list[list[int]]:
+    """For each (prompt, answer): the model's greedy next token at each answer position and the
+    one after the answer, from one forward pass over prompt + answer."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for prompt, answer in sequences:
+            ids = torch.tensor([prompt + answer], device=device)
+            logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(answer) + 1).logits
+            out.append(logits[0].argmax(-1).tolist())
+    return out
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -98,6 +98,11 @@ def load_tokenizer(model_id: str) -> Any:
     return tokenizer
 
 
+def wants_4bit(quantization: Quantization, device: str) -> bool:
+    """Whether a base is loaded 4-bit: asked for, or "auto" on CUDA."""
+    return quantization == "4bit" or (quantization == "auto" and device == "cuda")
+
+
 def load_model(
     model_id: str, *, quantization: Quantization = "auto", device: str | None = None
 ) -> LoadedModel:
@@ -106,7 +111,7 @@ def load_model(
 
     device = device or default_device()
     source, extra = resolve_source(model_id)
-    use_4bit = quantization == "4bit" or (quantization == "auto" and device == "cuda")
+    use_4bit = wants_4bit(quantization, device)
     compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
     kwargs: dict[str, Any] = {"dtype": compute_dtype, **extra}
     if use_4bit:

@@ -37,11 +37,13 @@ from sftgate.artifacts import (
 from sftgate.config import StrictModel, pin_view
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError, SftgateWarning
-from sftgate.models import LoadedModel, Quantization, load_model
+from sftgate.models import LoadedModel, Quantization
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
 from sftgate.questions import Passage, Question, QuestionSet, load_questions
+from sftgate.resident import ResidentBase, borrowed
+from sftgate.stopwatch import Stopwatch
 from sftgate.targets import TargetFormat, reference_completion
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
@@ -566,46 +568,55 @@ def train(
     progress: bool = True,
     device: str | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    base: ResidentBase | None = None,
 ) -> TrainResult:
-    """Read the inputs, load the model, tokenise, set up the machinery, run the loop, save the
-    adapter folder (`sftgate.artifacts`). Liger's and the segment attention's patches are undone
-    when the loop ends."""
+    """Read the inputs, load the model (or take `base`'s, kept loaded across runs), tokenise, set
+    up the machinery, run the loop, save the adapter folder (`sftgate.artifacts`). The base comes
+    back as it was (`sftgate.resident.borrowed`: no LoRA layers, patches or flags left), and
+    Liger's and the segment attention's patches are undone when the loop ends."""
+    clock = Stopwatch()
     inputs = read_inputs(config)
     out = Path(config.out)
     refuse_existing_adapter(out)
 
-    started_total = time.perf_counter()
-    loaded = load_model(config.model, quantization=config.quantization, device=device)
-    data = training_examples(config, loaded.tokenizer, inputs)
+    with clock.part("model_load"):
+        loaded = (base or ResidentBase()).get(config.model, config.quantization, device)
+    with clock.part("examples"):
+        data = training_examples(config, loaded.tokenizer, inputs)
     config, epochs = steps_from_epochs(config, len(data.examples))
     kernels, kernels_reason = resolve_kernels(config, loaded)
     padding_free = resolve_padding_free(config, loaded)
-    with ExitStack() as patches:
-        if kernels == "liger":
-            patches.enter_context(liger_kernels(loaded.model))
-        if padding_free:
-            patches.enter_context(segment_attention(loaded.model))
-        setup = TrainSetup.of(add_lora(loaded.model, config.params), loaded, padding_free, kernels)
-        checkpointing = decide_checkpointing(config, setup, data.examples)
-        set_checkpointing(setup.model, checkpointing.on)
-        machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing)
-        loop = train_loop(
-            setup,
-            data.examples,
-            config.params,
-            progress=progress,
-            on_step=on_step,
-            snapshot_steps=config.checkpoint_steps,
+    with borrowed(loaded.model):
+        with ExitStack() as patches:
+            with clock.part("setup"):
+                if kernels == "liger":
+                    patches.enter_context(liger_kernels(loaded.model))
+                if padding_free:
+                    patches.enter_context(segment_attention(loaded.model))
+                lora = add_lora(loaded.model, config.params)
+                setup = TrainSetup.of(lora, loaded, padding_free, kernels)
+                checkpointing = decide_checkpointing(config, setup, data.examples)
+                set_checkpointing(setup.model, checkpointing.on)
+                machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing)
+            with clock.part("train_steps"):
+                loop = train_loop(
+                    setup,
+                    data.examples,
+                    config.params,
+                    progress=progress,
+                    on_step=on_step,
+                    snapshot_steps=config.checkpoint_steps,
+                )
+        metadata = adapter_metadata(
+            inputs, loaded, data, setup, machinery, checkpointing, loop, timings=clock.split()
         )
-
-    total_s = time.perf_counter() - started_total
-    metadata = adapter_metadata(
-        inputs, loaded, data, setup, machinery, checkpointing, loop, total_s=total_s
-    )
-    metadata["steps_from_epochs"] = epochs  # None when max_steps was given
-    save_adapter(
-        setup.model, out, metadata, also=lambda tmp: save_checkpoints(setup, loop, tmp, metadata)
-    )
+        metadata["steps_from_epochs"] = epochs  # None when max_steps was given
+        save_adapter(
+            setup.model,
+            out,
+            metadata,
+            also=lambda tmp: save_checkpoints(setup, loop, tmp, metadata),
+        )
     return TrainResult(out, metadata)
 
 
@@ -929,9 +940,10 @@ def adapter_metadata(
     checkpointing: Checkpointing,
     loop: LoopResult,
     *,
-    total_s: float,
+    timings: dict[str, float],
 ) -> dict[str, Any]:
-    """What the adapter was trained from and with, and what the run measured (README, "Training")."""
+    """What the adapter was trained from and with, and what the run measured (README, "Training");
+    `timings`: the wall time until now by part (the adapter's save follows)."""
 
     def gib(n: int | None) -> float | None:
         return None if n is None else round(n / 2**30, 3)
@@ -958,7 +970,8 @@ def adapter_metadata(
         "examples_dropped": data.dropped,
         "trainable_parameters": sum(t.numel() for t in setup.trainable),
         "wall_time_s": round(wall, 3),
-        "total_time_s": round(total_s, 3),
+        "total_time_s": timings["total_s"],
+        "timings": timings,
         "tokens_per_s": round(loop.tokens_seen / wall, 1) if wall > 0 else None,
         "peak_memory_gib": gib(loop.peak_memory_bytes),
         "probe_peak_memory_gib": gib(checkpointing.probe_peak_bytes),

@@ -187,3 +187,30 @@ def test_an_adaptive_study_records_curves_and_doubles_steps_while_they_rise(tmp_
     assert reg.run_json(run.id)["curve"][0]["step"] == 6  # type: ignore[index]
     reg.close()
     assert "Learning curves" in result.report.read_text(encoding="utf-8")
+
+
+def test_the_index_is_built_once_and_each_set_retrieved_once_before_round_0(tmp_path, monkeypatch):
+    """Before round 0 the search builds the index once and freezes each set's passages once; a
+    resumed study builds and retrieves nothing."""
+    import sftgate.search.inputs as inputs
+
+    calls: list[str] = []
+
+    def counted(name: str):
+        real = getattr(inputs, name)
+
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("build_index", "retrieve_contexts"):
+        monkeypatch.setattr(inputs, name, counted(name))
+    config = make_project(tmp_path)
+    script = by_steps(steps1=40.0, steps2=80.0, steps3=82.0, len64=70.0, steps4=82.1)
+    search(config, progress=False, executor=ScriptedExecutor(script))
+    assert sorted(calls) == ["build_index"] + ["retrieve_contexts"] * 3
+    calls.clear()
+    search(config, progress=False, executor=ScriptedExecutor(script))
+    assert calls == []

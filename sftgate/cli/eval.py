@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     check = m["merge_check"]
     if check:
         console.print(
-            f"merge check: merged and unmerged outputs identical on {check['exact_match_rate']:.0%} of {check['questions']} questions"
+            f"merge check: merged and unmerged predictions identical on {check['exact_match_rate']:.0%} of {check['questions']} questions' answers"
         )
         if check["adapter_effect_lost"]:
             console.print(
-                "[red]merge check: the merged model decodes like the base although the adapter changes the outputs; rerun with --no-merge[/red]"
+                "[red]merge check: the merged model predicts like the base although the adapter changes the predictions; rerun with --no-merge[/red]"
             )
     where = track_run(run_from_eval(result.metrics, result.meta, result.out_dir), tracking, "eval")
     if where:

@@ -1,16 +1,21 @@
-"""Where a round's runs execute: in the search's own process, in one child process per GPU, or as
-Ray tasks on a cluster.
+"""Where a round's runs execute: in the search's own process, in resident child processes (one
+per GPU), or in Ray actors on a cluster.
 
 The search's driver hands run specs to an executor and gets outcomes back; only the driver writes
-the registry. A worker reports where it runs and its stage (training, evaluating) in a small JSON
-file in the run's folder, `RUN_DIR/worker-SPLIT.json`, which the driver polls: the same file works
-for a child process and for a Ray task on another node, because run folders live on storage
-every worker reaches. Its output goes to `RUN_DIR/worker-SPLIT.log`.
+the registry. Every worker is resident: it keeps its base model loaded from one run to the next
+(`sftgate.resident.ResidentBase`: one model load per worker per search instead of two per run),
+each run borrowing the base and leaving it as it found it, so a run gives the same adapter and
+predictions in any worker as in a fresh process. A worker reports where it runs and its stage
+(training, evaluating) in a small JSON file in the run's folder, `RUN_DIR/worker-SPLIT.json`,
+which the driver polls: the same file works for a child process and for a Ray actor on another
+node, because run folders live on storage every worker reaches. Its output goes to
+`RUN_DIR/worker-SPLIT.log`.
 
 A worker that dies mid-run (killed, out of host memory, its node lost) gives a *lost* outcome:
 the run is recorded as failed with what happened, the search stops after the round's other
-runs, and resuming the study runs it again. A run that fails by itself (out of GPU memory, NaN
-loss) is an ordinary failure, as in one process.
+runs, and resuming the study runs it again; the worker's next run starts a new worker. A run
+that fails by itself (out of GPU memory, NaN loss) is an ordinary failure, as in one process
+(and its worker loads the base afresh for its next run).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -35,6 +40,7 @@ from pydantic import Field, model_validator
 from sftgate.config import StrictModel
 from sftgate.errors import SftgateError
 from sftgate.fsutil import atomic_write_text
+from sftgate.resident import ResidentBase
 from sftgate.search.runner import RunOutcome, RunSpec, execute_run, lost_outcome
 
 # ---------------------------------------------------------------------- the config
@@ -47,7 +53,7 @@ class ExecutorConfig(StrictModel):
     kind: Literal["local", "ray"] = Field(
         "local",
         description="local: this machine's GPUs (one after another on one GPU, one run per GPU "
-        "at once on several); ray: tasks on a Ray cluster, one GPU each",
+        "at once on several); ray: workers (Ray actors) on a Ray cluster, one GPU each",
     )
     parallel_runs: int | None = Field(
         None,
@@ -71,9 +77,9 @@ class ExecutorConfig(StrictModel):
         "STORAGE/NAME. Required with `address`",
     )
     gpus_per_run: float = Field(
-        1, ge=0, description="ray: GPUs each run's task asks for; 0 runs on CPU workers"
+        1, ge=0, description="ray: GPUs each run's worker asks for; 0 runs on CPU workers"
     )
-    cpus_per_run: float = Field(1, gt=0, description="ray: CPUs each run's task asks for")
+    cpus_per_run: float = Field(1, gt=0, description="ray: CPUs each run's worker asks for")
 
     @model_validator(mode="after")
     def _fields_of_the_kind(self) -> ExecutorConfig:
@@ -134,9 +140,10 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def work(spec: RunSpec) -> RunOutcome:
-    """A worker's whole job: report where it runs and each stage, run the spec, log to the run's
-    folder. The same in a child process and in a Ray task."""
+def work(spec: RunSpec, base: ResidentBase | None = None) -> RunOutcome:
+    """A worker's whole job for one run: report where it runs and each stage, run the spec on the
+    worker's resident `base` (None: a base for this run alone), log to the run's folder. The same
+    in every executor."""
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     info = {
         "run_id": spec.run_id,
@@ -165,28 +172,52 @@ def work(spec: RunSpec) -> RunOutcome:
             write()
 
     write()
+    base = base or ResidentBase()
     with _output_to(Path(spec.run_dir) / f"worker-{spec.split}.log"):
-        outcome = execute_run(spec, on_stage, on_progress)
+        outcome = execute_run(spec, on_stage, on_progress, base)
         if outcome.status == "failed":  # the log says why, beside what the run printed
             print(f"{spec.run_id} failed: {outcome.failure}", file=sys.stderr)
     on_stage(outcome.status)
-    return replace(outcome, worker=info)
+    # how many times this worker has loaded its base so far: 1 while every run reused it
+    return replace(outcome, worker={**info, "model_loads": base.loads})
 
 
-def _child(spec: RunSpec, devices: str | None, threads: int | None, conn: Connection) -> None:
-    """A local child process: pin its GPU before CUDA starts, run, send the outcome back."""
+def _child(
+    tasks: Connection, results: Connection, devices: str | None, threads: int | None
+) -> None:
+    """A resident local worker process: pin its GPU before CUDA starts, then run the specs it is
+    sent one after another on one base model kept loaded, sending each outcome back; None (or
+    the search gone) ends it."""
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    conn.send(work(spec))
-    conn.close()
+    base = ResidentBase()
+    while True:
+        try:
+            spec = tasks.recv()
+        except EOFError:  # the search's end of the pipe is closed
+            break
+        if spec is None:
+            break
+        results.send(work(spec, base))
+    base.drop()
 
 
-def _ray_task(spec: RunSpec) -> RunOutcome:
-    return work(spec)
+class RayWorker:
+    """A Ray actor's state: the base model its runs share, loaded at its first run."""
+
+    def __init__(self) -> None:
+        self.base = ResidentBase()
+
+    def ready(self) -> bool:
+        """Answers once the actor is placed and up."""
+        return True
+
+    def run(self, spec: RunSpec) -> RunOutcome:
+        return work(spec, self.base)
 
 
 # ---------------------------------------------------------------------- the driver side
@@ -217,13 +248,14 @@ class Executor(Protocol):
 
 
 class InProcess:
-    """The search's own process, one run after another (one GPU or none)."""
+    """The search's own process, one run after another (one GPU or none), on one resident base."""
 
     capacity = 1
     nests_progress = True
 
     def __init__(self) -> None:
         self.queue: list[RunSpec] = []
+        self.base = ResidentBase()
 
     def where(self) -> str:
         return "local: this process, one run at a time"
@@ -240,15 +272,17 @@ class InProcess:
             spec,
             lambda stage: watch.stage(spec, stage, None),
             lambda done, total: watch.progress(spec, done, total),
+            self.base,
         )
         return [outcome]
 
     def close(self) -> None:
         self.queue.clear()
+        self.base.drop()
 
 
 class WorkerFiles:
-    """Follows the worker files of runs executing elsewhere (child processes, Ray tasks)."""
+    """Follows the worker files of runs executing elsewhere (child processes, Ray actors)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, tuple[RunSpec, str | None]] = {}  # run id -> (spec, last stage)
@@ -286,8 +320,34 @@ def _lost(spec: RunSpec, how: str) -> RunOutcome:
     return lost_outcome(spec, reason, worker)
 
 
+@dataclass
+class _Slot:
+    """One local worker: its devices, its process and the parent's ends of its two pipes (specs
+    to it, outcomes from it), and the run it executes now."""
+
+    devices: str | None
+    proc: BaseProcess | None = None
+    tasks: Connection | None = None
+    results: Connection | None = None
+    spec: RunSpec | None = None
+
+    def retire(self) -> None:
+        """Close the pipes and end the process (it is gone, or the search is done with it)."""
+        for conn in (self.tasks, self.results):
+            if conn is not None:
+                conn.close()
+        if self.proc is not None:
+            self.proc.join(timeout=30)  # an idle worker told to stop exits by itself
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+        self.proc = self.tasks = self.results = None
+
+
 class LocalProcesses:
-    """One spawned child process per run, at most one per slot; slot k uses devices[k]."""
+    """One resident child process per slot (slot k uses devices[k]), started with the slot's first
+    run and kept for its next ones, its base model loaded all along; a child that dies loses the
+    run it had, and the slot's next run starts a new one."""
 
     nests_progress = False
 
@@ -297,66 +357,84 @@ class LocalProcesses:
         self.devices = devices
         self.threads = threads
         self.capacity = len(devices)
-        self.free = list(range(len(devices)))
-        self.running: dict[str, tuple[RunSpec, BaseProcess, Connection, int]] = {}
+        self.slots = [_Slot(d) for d in devices]
 
     def where(self) -> str:
         gpus = [d for d in self.devices if d is not None]
         on = f"GPU {', '.join(gpus)}" if gpus else "the CPU"
-        return f"local: {self.capacity} runs at once in child processes on {on}"
+        return f"local: {self.capacity} runs at once in resident child processes on {on}"
 
     def start(self, spec: RunSpec) -> None:
         self.workers.add(spec)
-        slot = self.free.pop(0)
-        receive, send = self.ctx.Pipe(duplex=False)
+        slot = next(s for s in self.slots if s.spec is None)
+        if slot.proc is None or not slot.proc.is_alive():
+            self.spawn(slot)
+        assert slot.tasks is not None
+        slot.tasks.send(spec)
+        slot.spec = spec
+
+    def spawn(self, slot: _Slot) -> None:
+        slot.retire()
+        tasks_out, tasks_in = self.ctx.Pipe(duplex=False)
+        results_out, results_in = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_child,
-            args=(spec, self.devices[slot], self.threads, send),
-            name=f"sftgate-{spec.run_id}",
+            args=(tasks_out, results_in, slot.devices, self.threads),
+            name=f"sftgate-worker-{self.slots.index(slot)}",
         )
         proc.start()
-        send.close()  # the child holds the only writer: its death reads as end of file here
-        self.running[spec.run_id] = (spec, proc, receive, slot)
+        # the child holds the only writer of its results: its death reads as end of file here
+        tasks_out.close()
+        results_in.close()
+        slot.proc, slot.tasks, slot.results = proc, tasks_in, results_out
 
     def wait(self, timeout_s: float, watch: Watch) -> list[RunOutcome]:
-        ready = set(wait([conn for _, _, conn, _ in self.running.values()], timeout_s))
+        busy = [s for s in self.slots if s.spec is not None]
+        ready = set(wait([s.results for s in busy if s.results is not None], timeout_s))
         finished = []
-        for run_id, (spec, proc, conn, slot) in list(self.running.items()):
-            if conn not in ready:
+        for slot in busy:
+            if slot.results not in ready:
                 continue
+            spec, slot.spec = slot.spec, None
+            assert spec is not None and slot.proc is not None and slot.results is not None
             try:
-                outcome: RunOutcome = conn.recv()
+                outcome: RunOutcome = slot.results.recv()
             except EOFError:
-                proc.join()
-                code = proc.exitcode
+                slot.proc.join()
+                code = slot.proc.exitcode
                 how = (
                     f"the process was killed by {signal.Signals(-code).name}"
                     if code is not None and code < 0
                     else f"the process exited with code {code}"
                 )
                 outcome = _lost(spec, how)
-            proc.join(timeout=60)  # the outcome is in; a child stuck while exiting is ended
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            conn.close()
-            del self.running[run_id]
-            self.free.append(slot)
+                slot.retire()
             self.workers.drop(spec)
             finished.append(outcome)
         self.workers.poll(watch)
         return finished
 
     def close(self) -> None:
-        for _, proc, conn, _ in self.running.values():
-            proc.terminate()
-            proc.join()
-            conn.close()
-        self.running.clear()
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            if slot.spec is None:  # idle: told to stop, it frees its GPU memory and exits
+                assert slot.tasks is not None
+                with suppress(OSError):  # it is gone already
+                    slot.tasks.send(None)
+            else:  # mid-run: a resume restarts the run
+                slot.proc.terminate()
+            slot.spec = None
+            slot.retire()
 
 
-class RayTasks:
-    """One Ray task per run, asking for `gpus_per_run` GPUs; the cluster queues what does not fit."""
+class RayActors:
+    """Runs on a Ray cluster, in resident actors: up to as many as the cluster's resources hold
+    (GPUs / `gpus_per_run`, CPUs / `cpus_per_run`, counted when the search starts), each asking
+    for those resources, created when a run waits and kept, its base model loaded, for the next
+    runs. A run goes to whichever actor is ready and idle (an actor the cluster cannot place, on a
+    node just lost, never takes one); an actor that dies (its process killed, its node lost) loses
+    the run it had, and a new actor is made for the runs still waiting."""
 
     nests_progress = False
 
@@ -368,13 +446,17 @@ class RayTasks:
                 "executor kind: ray needs Ray: pip install 'sftgate[ray]' (on every node)"
             ) from e
         self.ray = ray
-        self.refs: dict[Any, RunSpec] = {}
+        self.waiting: list[RunSpec] = []  # started runs no actor has taken yet
+        self.placing: dict[Any, Any] = {}  # an actor's `ready` call -> the actor
+        self.idle: list[Any] = []  # placed actors with no run
+        self.refs: dict[Any, tuple[RunSpec, Any]] = {}  # a run's call -> (its spec, its actor)
         self.workers = WorkerFiles()
         self.owns = not ray.is_initialized()
         if self.owns:
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
         resources = ray.cluster_resources()
         self.address = ray.get_runtime_context().gcs_address
+        fits = []
         for name, wanted in (("GPU", config.gpus_per_run), ("CPU", config.cpus_per_run)):
             if wanted > resources.get(name, 0):
                 self.close()
@@ -387,51 +469,101 @@ class RayTasks:
                         else "lower executor.cpus_per_run or add nodes"
                     )
                 )
+            if wanted > 0:
+                fits.append(int(resources.get(name, 0) / wanted + 1e-9))
         self.gpus = resources.get("GPU", 0)
-        self.task = ray.remote(_ray_task).options(
+        self.worker = ray.remote(RayWorker).options(
             num_gpus=config.gpus_per_run,
             num_cpus=config.cpus_per_run,
-            max_retries=0,  # a lost run is recorded as lost; resuming the study re-runs it
-            name="sftgate-run",
+            max_restarts=0,  # a lost run is recorded as lost; resuming the study re-runs it
+            max_task_retries=0,
         )
-        self.capacity = 1 << 30  # the cluster queues tasks until resources free up
+        self.capacity = max(1, min(fits))
 
     def where(self) -> str:
-        return f"ray: cluster {self.address} ({self.gpus:g} GPUs)"
+        return f"ray: cluster {self.address} ({self.gpus:g} GPUs, up to {self.capacity} workers)"
+
+    def actors(self) -> list[Any]:
+        return [*self.placing.values(), *self.idle, *(a for _, a in self.refs.values())]
 
     def start(self, spec: RunSpec) -> None:
         self.workers.add(spec)
-        self.refs[self.task.remote(spec)] = spec
+        self.waiting.append(spec)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Waiting runs to idle actors; a new actor for each run still waiting, within capacity."""
+        while self.waiting and self.idle:
+            actor, spec = self.idle.pop(0), self.waiting.pop(0)
+            self.refs[actor.run.remote(spec)] = (spec, actor)
+        while len(self.waiting) > len(self.placing) and len(self.actors()) < self.capacity:
+            new: Any = self.worker.remote()
+            self.placing[new.ready.remote()] = new
 
     def wait(self, timeout_s: float, watch: Watch) -> list[RunOutcome]:
         ray = self.ray
-        if not self.refs:
+        calls = [*self.refs, *self.placing]
+        if not calls:
             return []
-        ready, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout_s)
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout_s)
         finished = []
         for ref in ready:
-            spec = self.refs.pop(ref)
+            if ref in self.placing:
+                finished += self.placed(ref)
+                continue
+            spec, actor = self.refs.pop(ref)
             self.workers.drop(spec)
             try:
                 finished.append(ray.get(ref))
-            except ray.exceptions.RayTaskError as e:  # the task itself raised: not a lost worker
+                self.idle.append(actor)
+            except ray.exceptions.RayTaskError as e:  # the call itself raised: not a lost worker
                 cause = str(e).strip().splitlines()[-1]
                 finished.append(
                     RunOutcome(spec.run_id, spec.split, "failed", failure=f"Ray task: {cause}")
                 )
-            except ray.exceptions.RayError as e:  # worker or node died, object lost, ...
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                how = f"{type(e).__name__}: {first}"
-                finished.append(_lost(spec, how))
+                self.idle.append(actor)
+            except ray.exceptions.RayError as e:  # the actor or its node died, an object lost
+                finished.append(_lost(spec, ray_loss(e)))
+                ray.kill(actor, no_restart=True)
+        self.dispatch()
         self.workers.poll(watch)
         return finished
 
+    def placed(self, ref: Any) -> list[RunOutcome]:
+        """An actor is up and idle; one that could not start loses the oldest waiting run (its
+        reason is the run's), so that a worker that never starts does not wait forever."""
+        actor = self.placing.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            self.ray.kill(actor, no_restart=True)
+            if not self.waiting:
+                return []
+            spec = self.waiting.pop(0)
+            self.workers.drop(spec)
+            return [_lost(spec, f"its Ray worker did not start: {ray_loss(e)}")]
+        self.idle.append(actor)
+        return []
+
     def close(self) -> None:
-        for ref in self.refs:
-            self.ray.cancel(ref, force=True)
+        for actor in self.actors():
+            self.ray.kill(actor, no_restart=True)
         self.refs.clear()
+        self.placing.clear()
+        self.idle.clear()
+        self.waiting.clear()
         if self.owns and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def ray_loss(e: Exception) -> str:
+    """What a Ray error says happened, in a sentence or two: its first sentence and, for an actor
+    that died, Ray's sentence on why (its process died, its node died)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    why = next((line for line in lines[1:] if "dead because" in line), "")
+    why = why.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: " + ". ".join(part for part in (first, why) if part)
 
 
 def visible_gpus() -> list[str]:
@@ -449,7 +581,7 @@ def visible_gpus() -> list[str]:
 def open_executor(config: ExecutorConfig) -> Executor:
     """The executor the config asks for."""
     if config.kind == "ray":
-        return RayTasks(config)
+        return RayActors(config)
     visible = visible_gpus()
     if config.gpus is not None:
         outside = [g for g in config.gpus if not 0 <= g < len(visible)]

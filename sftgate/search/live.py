@@ -66,7 +66,7 @@ class LiveView:
             self.log(
                 f"{name}: eval_score_avg {m.eval_score_avg:.2f}, "
                 f"schema_pass_rate {m.schema_pass_rate:.3f}, "
-                f"grounding_avg {m.grounding_avg:.3f}"
+                f"grounding_avg {m.grounding_avg:.3f}" + time_split(outcome.timings)
             )
         if outcome.train_s and outcome.eval_s:
             self.seconds_per_run.append(outcome.train_s + outcome.eval_s)
@@ -114,3 +114,16 @@ class LiveView:
             console=console, get_renderable=self.render, refresh_per_second=2, transient=True
         ):
             yield
+
+
+def time_split(timings: dict[str, float]) -> str:
+    """· 41 s: train steps 30.1, decode 3.2, ...: where a run's time went, its parts that took
+    any (`sftgate.search.runner.run_timings`)."""
+    if not timings:
+        return ""
+    parts = ", ".join(
+        f"{name.removesuffix('_s').replace('_', ' ')} {s:.1f}"
+        for name, s in timings.items()
+        if name != "total_s" and s >= 0.05
+    )
+    return f" · {timings['total_s']:.0f} s: {parts}"

@@ -28,6 +28,7 @@ from sftgate.evaluate import DecodeSettings, EvalConfig, evaluate
 from sftgate.fsutil import atomic_write_text
 from sftgate.models import Quantization
 from sftgate.params import TrainParams
+from sftgate.resident import ResidentBase
 from sftgate.scoring import Metrics, QuestionScore
 from sftgate.search.registry import Checkpoint
 from sftgate.train import TrainConfig, train
@@ -86,6 +87,8 @@ class RunOutcome:
     environment: bool = False
     worker: dict[str, Any] | None = None  # where it ran: host, pid, devices
     curve: list[Checkpoint] = field(default_factory=list)  # the gate set at checkpoints
+    # where this attempt's train_s + eval_s went (`run_timings`)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def lost_outcome(spec: RunSpec, reason: str, worker: dict[str, Any] | None) -> RunOutcome:
@@ -104,10 +107,13 @@ def execute_run(
     spec: RunSpec,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    base: ResidentBase | None = None,
 ) -> RunOutcome:
     """Do one run and return its outcome (`on_stage`: training, evaluating; `on_progress`: the
     stage's steps or questions done, of all); any error (out of memory, NaN loss, a crash) is a
     failed outcome with its reason, and the traceback is written to RUN_DIR/failure-SPLIT.txt.
+    `base`: the worker's base model, kept loaded from run to run (a run that fails drops it, so
+    the next run loads it afresh); None loads the model for this run alone.
     An OSError (a model that cannot be downloaded, a file that cannot be read or written, a full
     disk) is the environment's failure, not the configuration's: `environment` says so.
     A restart reuses a complete adapter that matches the spec, and the evaluation resumes from
@@ -120,16 +126,18 @@ def execute_run(
         if train_meta is None:
             stage("training")
             t0 = time.perf_counter()
-            train_meta = train_adapter(spec, on_progress)
+            train_meta = train_adapter(spec, on_progress, base)
             train_s = time.perf_counter() - t0
         stage("evaluating")
-        curve, eval_s = evaluate_checkpoints(spec, train_meta["adapter_id"], on_progress)
+        curve, eval_s, metas = evaluate_checkpoints(
+            spec, train_meta["adapter_id"], on_progress, base
+        )
         result = finished_evaluation(spec.eval_dir, train_meta["adapter_id"])
         if result is not None:  # killed after the evaluation, before the registry heard of it
-            eval_s += result.meta["wall_time_s"]
+            eval_s += evaluation_seconds(result.meta)
         else:
             t0 = time.perf_counter()
-            result = evaluate_adapter(spec, on_progress)
+            result = evaluate_adapter(spec, on_progress, base)
             eval_s += time.perf_counter() - t0
         return RunOutcome(
             spec.run_id,
@@ -142,8 +150,15 @@ def execute_run(
             train_s=train_s,
             eval_s=eval_s,
             curve=curve,
+            timings=run_timings(
+                train_meta if train_s is not None else None,
+                [*metas, result.meta],
+                (train_s or 0.0) + eval_s,
+            ),
         )
     except Exception as e:  # noqa: BLE001 - one run's failure is recorded; the round goes on
+        if base is not None:
+            base.drop()
         reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line
         Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(spec.run_dir) / f"failure-{spec.split}.txt", traceback.format_exc())
@@ -175,28 +190,56 @@ def reusable_adapter(spec: RunSpec) -> dict[str, Any] | None:
     return None
 
 
+TIMED_PARTS = ("model_load", "train_steps", "merge", "decode", "merge_check", "scoring")
+
+
+def run_timings(
+    train_meta: dict[str, Any] | None, eval_metas: list[dict[str, Any]], total_s: float
+) -> dict[str, float]:
+    """Where a run's time went: each part of its training's and evaluations' recorded `timings`
+    summed (`train_meta` None when the adapter was reused), `other_s` the rest of `total_s`
+    (examples, LoRA setup, saving, the runner's own work)."""
+    recorded = [m["timings"] for m in [train_meta or {}, *eval_metas] if m.get("timings")]
+    parts = {f"{p}_s": round(sum(t.get(f"{p}_s", 0.0) for t in recorded), 3) for p in TIMED_PARTS}
+    other = max(0.0, total_s - sum(parts.values()))
+    return {**parts, "other_s": round(other, 3), "total_s": round(total_s, 3)}
+
+
+def evaluation_seconds(meta: dict[str, Any]) -> float:
+    """A finished evaluation's wall time: all of it where recorded (`timings`), else its
+    decoding's (evaluations written before the timings were)."""
+    timings = meta.get("timings")
+    return float(timings["total_s"] if timings else meta["wall_time_s"])
+
+
 def evaluate_checkpoints(
-    spec: RunSpec, adapter_id: str, on_progress: Callable[[int, int], None] | None
-) -> tuple[list[Checkpoint], float]:
-    """The gate set at each checkpoint (RUN_DIR/gate-step-K), finished ones reused; the points
-    and the seconds they took."""
-    curve, seconds = [], 0.0
+    spec: RunSpec,
+    adapter_id: str,
+    on_progress: Callable[[int, int], None] | None,
+    base: ResidentBase | None,
+) -> tuple[list[Checkpoint], float, list[dict[str, Any]]]:
+    """The gate set at each checkpoint (RUN_DIR/gate-step-K), finished ones reused; the points,
+    the seconds they took and the evaluations' metadata."""
+    curve, seconds, metas = [], 0.0, []
     for step in spec.checkpoint_steps:
         eval_dir = Path(spec.run_dir) / f"gate-step-{step}"
         result = finished_evaluation(eval_dir, adapter_id, step)
         if result is None:
             t0 = time.perf_counter()
             adapter = checkpoint_dir(spec.adapter_dir, step)
-            result = evaluate_adapter(spec, on_progress, adapter, eval_dir)
+            result = evaluate_adapter(spec, on_progress, base, adapter, eval_dir)
             seconds += time.perf_counter() - t0
         else:
-            seconds += result.meta["wall_time_s"]
+            seconds += evaluation_seconds(result.meta)
         metrics = Metrics.model_validate(result.metrics)
         curve.append(Checkpoint(step, metrics, result.scores, str(eval_dir)))
-    return curve, seconds
+        metas.append(result.meta)
+    return curve, seconds, metas
 
 
-def train_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def train_adapter(
+    spec: RunSpec, on_progress: Callable[[int, int], None] | None, base: ResidentBase | None
+) -> dict[str, Any]:
     config = TrainConfig(
         model=spec.model,
         quantization=spec.quantization,
@@ -208,12 +251,13 @@ def train_adapter(spec: RunSpec, on_progress: Callable[[int, int], None] | None)
         params=spec.params,
         checkpoint_steps=list(spec.checkpoint_steps),
     )
-    return train(config, progress=spec.progress, on_step=on_progress).metadata
+    return train(config, progress=spec.progress, on_step=on_progress, base=base).metadata
 
 
 def evaluate_adapter(
     spec: RunSpec,
     on_progress: Callable[[int, int], None] | None,
+    base: ResidentBase | None,
     adapter: Path | None = None,
     out: Path | None = None,
 ) -> EvalResult:
@@ -231,4 +275,5 @@ def evaluate_adapter(
         ),
         progress=spec.progress,
         on_batch=on_progress,
+        base=base,
     )
