@@ -159,7 +159,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         top = r["best_score_any_schema"]
         lines.append(
             f"| {r['policy']} | {best} | {'-' if top is None else f'{top:.2f}'} | {r['runs']} | {r['run_seconds'] / 60:.1f} | "
-            f"{r['wall_s'] / 60:.1f} | {r['stop']} |"
+            f"{'-' if r['wall_s'] is None else format(r['wall_s'] / 60, '.1f')} | {r['stop']} |"
         )
     for r in results:
         lines += ["", f"## {r['policy']}: runs and curves", ""]
