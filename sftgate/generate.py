@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sftgate.errors import InputError
+from sftgate.models import static_decoder_problem
+
 if TYPE_CHECKING:
     from sftgate.constrain import BatchMasks, JsonConstraint
 
@@ -198,6 +201,11 @@ def static_generate_batch(
     # a cache (and mask) length that is a multiple of 64 keeps sdpa on its fused kernels; the
     # extra slots are never visible (the mask hides every slot after the current one)
     cache_len = -(-(width + max_new_tokens) // 64) * 64
+    problem = static_decoder_problem(
+        model.config, str(getattr(model.config, "_name_or_path", "") or "model"), cache_len
+    )
+    if problem is not None:
+        raise InputError(problem)
     forward: Callable[[Any, Any, Any], Any]  # (token, position, slot) -> next-token logits
     with torch.inference_mode():
         if fused and qwen3_decoder.supported(model):

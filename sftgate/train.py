@@ -37,7 +37,7 @@ from sftgate.artifacts import (
 from sftgate.config import StrictModel, pin_view
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError, SftgateWarning
-from sftgate.models import LoadedModel, Quantization
+from sftgate.models import LoadedModel, Quantization, uses_sliding_window
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
 from sftgate.provenance import provenance
@@ -541,11 +541,6 @@ def probe_peak_bytes(model: Any, batch: Batch, *, fused: bool) -> int | None:
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
     return peak
-
-
-def uses_sliding_window(model_config: Any) -> bool:
-    # Configs without `layer_types` (older architectures) have full attention in every layer.
-    return "sliding_attention" in (getattr(model_config, "layer_types", None) or ())
 
 
 def longest_batch(examples: Sequence[Example], batch_size: int) -> list[Example]:

@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from sftgate import qwen3_decoder
 from sftgate.cli import main
@@ -246,3 +247,62 @@ def test_cli_eval(tmp_path, capsys):
     )
     assert code == 0
     assert "eval_score_avg" in capsys.readouterr().out
+
+
+def tiny_gemma3(window: int):
+    """A random two-layer Gemma 3 text model: one sliding-window layer, one full layer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=window,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_static_decoder_refuses_sliding_windows_beyond_the_window(tmp_path):
+    """Gemma 3's sliding-window layers keep a cache of their window only: within it the static
+    decoder gives generate's tokens, beyond it a clear error names the engine and the fix (it was
+    a tensor size mismatch); a study or eval config naming such a model folder is refused before
+    any GPU minute."""
+    from sftgate.errors import InputError
+    from sftgate.preflight import engine_problems
+
+    model = tiny_gemma3(window=64)
+    short = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    got = static_generate_batch(
+        model, short, max_new_tokens=8, eos_ids=[1], pad_id=0, cuda_graph=False
+    )
+    for prompt, (tokens, _) in zip(short, got):
+        ref = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=1,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
+        assert tokens == ref[: len(tokens)]
+    with pytest.raises(InputError) as err:
+        static_generate_batch(
+            model, [list(range(3, 63))], max_new_tokens=8, eos_ids=[1], pad_id=0, cuda_graph=False
+        )
+    problem = err.value.problems[0]
+    assert problem.field == "decode.engine" and "64 tokens" in problem.message
+    assert "engine: hf" in problem.fix
+
+    model.save_pretrained(tmp_path / "gemma")
+    static, hf = DecodeSettings(engine="static"), DecodeSettings(engine="hf")
+    [refused] = engine_problems(str(tmp_path / "gemma"), static, "study.yaml")
+    assert (refused.file, refused.field) == ("study.yaml", "decode.engine")
+    assert engine_problems(str(tmp_path / "gemma"), hf, "study.yaml") == []
