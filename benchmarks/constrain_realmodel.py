@@ -29,7 +29,7 @@ from sftgate.constrain import json_constraint
 from sftgate.contexts import load_contexts, resolve_passages, write_contexts
 from sftgate.generate import greedy_generate
 from sftgate.index import IndexSettings, build_index, retrieve_contexts
-from sftgate.models import eos_token_ids, load_model
+from sftgate.models import GEMMA_CHAT_TEMPLATE, eos_token_ids, load_model
 from sftgate.prompt import encode_prompt, load_prompt
 from sftgate.provenance import library_versions
 from sftgate.questions import load_questions
@@ -37,15 +37,6 @@ from sftgate.scoring import parse_output, schema_errors, score_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sftgate" / "sample"
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ '<start_of_turn>user\n' + m['content'] + '\n\n' }}"
-    "{% else %}{% if not loop.first and messages[loop.index0 - 1]['role'] == 'system' %}"
-    "{{ m['content'] + '<end_of_turn>\n' }}{% else %}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n'"
-    " + m['content'] + '<end_of_turn>\n' }}{% endif %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
 
 
 def main() -> None:

