@@ -7,13 +7,13 @@ a resumed evaluation regenerates exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sftgate.errors import InputError
-from sftgate.models import static_decoder_problem
+from sftgate.models import uses_sliding_window
 
 if TYPE_CHECKING:
     from sftgate.constrain import BatchMasks, JsonConstraint
@@ -201,11 +201,6 @@ def static_generate_batch(
     # a cache (and mask) length that is a multiple of 64 keeps sdpa on its fused kernels; the
     # extra slots are never visible (the mask hides every slot after the current one)
     cache_len = -(-(width + max_new_tokens) // 64) * 64
-    problem = static_decoder_problem(
-        model.config, str(getattr(model.config, "_name_or_path", "") or "model"), cache_len
-    )
-    if problem is not None:
-        raise InputError(problem)
     forward: Callable[[Any, Any, Any], Any]  # (token, position, slot) -> next-token logits
     with torch.inference_mode():
         if fused and qwen3_decoder.supported(model):
@@ -377,7 +372,12 @@ def transformers_decoder(
 ) -> tuple[Any, Callable[[Any, Any, Any], Any]]:
     """Prefill left-padded prompts through transformers' forward into a `StaticCache`; returns
     the last-token logits and the one-token step over that cache (GQA attention on the key/value
-    heads, `packed_gqa_sdpa`, for the steps only: the model's own attention is restored after)."""
+    heads, `packed_gqa_sdpa`, for the steps only: the model's own attention is restored after).
+
+    Sliding-window layers (Gemma 3) get a cache as long as every other layer's, and a mask of
+    their own that hides keys more than the window behind the query: transformers' sliding
+    cache keeps only the window, in slots that roll, which one mask over the whole cache cannot
+    address. The layers see the same keys either way."""
     import torch
     from transformers import StaticCache
 
@@ -393,27 +393,45 @@ def transformers_decoder(
     positions = mask.cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)
     config = model.config
-    cache = {cache_keyword(model): StaticCache(config=config, max_cache_len=cache_len)}
+    window = config.sliding_window if uses_sliding_window(config) else None
+    cache_config = config
+    if window is not None:
+        cache_config = copy.deepcopy(config)
+        cache_config.layer_types = ["full_attention"] * len(config.layer_types)
+    cache = {cache_keyword(model): StaticCache(config=cache_config, max_cache_len=cache_len)}
+    allowed = torch.ones((batch, cache_len), dtype=torch.bool, device=device)
+    allowed[:, :width] = mask.bool()
+    span = torch.arange(cache_len, device=device)
+
+    def masks(visible: Any, query_slots: Any) -> Any:
+        """One mask, or one per layer type when some layers see only a window."""
+        if window is None:
+            return visible
+        near = span[None, :] > query_slots[:, None] - window  # (queries, cache)
+        return {"full_attention": visible, "sliding_attention": visible & near[None, None]}
+
+    prefill_mask: Any = mask
+    if window is not None:  # the causal and padding mask transformers would build, per type
+        slots = torch.arange(width, device=device)
+        causal = span[None, :] <= slots[:, None]
+        prefill_mask = masks(allowed[:, None, None, :] & causal[None, None], slots)
     with _attention(config, PACKED_ATTENTION):
         logits = model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=prefill_mask,
             position_ids=positions,
             **cache,
             cache_position=torch.arange(width, device=device),
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-    allowed = torch.ones((batch, cache_len), dtype=torch.bool, device=device)
-    allowed[:, :width] = mask.bool()
-    span = torch.arange(cache_len, device=device)
 
     def forward(token: Any, position: Any, slot: Any) -> Any:
         visible = (allowed & (span <= slot))[:, None, None, :]
         with _attention(config, PACKED_ATTENTION):
             return model(
                 input_ids=token,
-                attention_mask=visible,
+                attention_mask=masks(visible, slot),
                 position_ids=position,
                 **cache,
                 cache_position=slot,

@@ -173,23 +173,3 @@ def eos_token_ids(tokenizer: Any, model: Any) -> list[int]:
 def uses_sliding_window(model_config: Any) -> bool:
     # Configs without `layer_types` (older architectures) have full attention in every layer.
     return "sliding_attention" in (getattr(model_config, "layer_types", None) or ())
-
-
-def static_decoder_problem(model_config: Any, name: str, cache_len: int | None) -> Problem | None:
-    """The static decoder keeps one mask over the whole cache for every layer, but a
-    sliding-window layer's cache holds only its window (Gemma 3: 512 tokens), so prompts plus new
-    tokens beyond the window do not fit it. `cache_len` None: any length could (a config check)."""
-    window = getattr(model_config, "sliding_window", None)
-    if not uses_sliding_window(model_config) or window is None:
-        return None
-    if cache_len is not None and cache_len <= window:
-        return None
-    need = f"needs {cache_len} cache slots" if cache_len else "prompts may be longer"
-    return Problem(
-        name,
-        "",
-        "decode.engine",
-        f"engine static does not decode sliding-window attention layers beyond their window "
-        f"({window} tokens; this {need})",
-        "set decode.engine: hf (sftgate eval --engine hf)",
-    )

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftgate.errors import InputError, Problem
-from sftgate.models import static_decoder_problem
 from sftgate.tiny import TINY_MODEL_ID
 
 if TYPE_CHECKING:
@@ -243,23 +242,6 @@ def decode_problems(decode: DecodeSettings, file: str, field: str) -> list[Probl
     return []
 
 
-def engine_problems(model: str, decode: DecodeSettings, file: str) -> list[Problem]:
-    """A local model folder whose config has sliding-window layers cannot use the static
-    decoder (sftgate.models.static_decoder_problem); hub ids and .gguf files are checked when
-    their config is loaded."""
-    folder = Path(model).expanduser()
-    if decode.engine != "static" or not (folder / "config.json").is_file():
-        return []
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError):
-        return []  # model_problems and the load report an unreadable config
-    problem = static_decoder_problem(config, file, None)
-    return [problem] if problem else []
-
-
 def require(problems: list[Problem]) -> None:
     if problems:
         raise InputError(problems)
@@ -287,7 +269,6 @@ def eval_problems(config: EvalConfig, file: str) -> list[Problem]:
         *input_file(config.prompt, file, "prompt"),
         *output_folder(config.out, file, "out", new=False),  # an existing one is resumed
         *decode_problems(config.decode, file, "decode.constrain"),
-        *engine_problems(config.model, config.decode, file),
     ]
 
 
@@ -304,7 +285,6 @@ def study_problems(config: StudyConfig, file: str) -> list[Problem]:
         *output_folder(str(config.work), file, "workdir", new=False),  # an existing one resumes
         *registry_problems(config.registry or default_path(), file, "registry"),
         *decode_problems(config.decode, file, "decode.constrain"),
-        *engine_problems(config.model, config.decode, file),
     ]
     if config.retrieval is not None:
         problems += corpus_path(config.retrieval.corpus, file, "retrieval.corpus")
