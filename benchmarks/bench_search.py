@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from studies import load_study  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sftgate" / "sample"
@@ -146,25 +147,18 @@ def first(source: Path, n: int | None, out: Path) -> str:
 
 def study_file(args: argparse.Namespace, model: str, tree: str) -> Path:
     """The benchmark's study: the sample's, scaled as the arguments say, for one tree."""
-    base = SAMPLE / args.study
-    study = yaml.safe_load(base.read_text(encoding="utf-8"))
+    study = load_study(SAMPLE / args.study)
     root = Path(args.out) / tree
     shutil.rmtree(root, ignore_errors=True)  # a fresh study: nothing reused
     root.mkdir(parents=True)
-    resolve = lambda rel: (base.parent / rel).resolve()  # noqa: E731
     study["name"] = f"bench-search-{tree}"
     study["model"] = model
-    study["prompt"] = str(resolve(study["prompt"]))
-    study["train_questions"] = first(
-        resolve(study["train_questions"]), args.train_questions, root / "train.json"
-    )
-    study["gate_questions"] = first(
-        resolve(study["gate_questions"]), args.gate_questions, root / "gate.json"
-    )
-    study["full_questions"] = first(
-        resolve(study["full_questions"]), args.full_questions, root / "full.json"
-    )
-    study["retrieval"]["corpus"] = str(resolve(study["retrieval"]["corpus"]))
+    for key, n in (
+        ("train", args.train_questions),
+        ("gate", args.gate_questions),
+        ("full", args.full_questions),
+    ):
+        study[f"{key}_questions"] = first(Path(study[f"{key}_questions"]), n, root / f"{key}.json")
     study["workdir"] = str(root / "work")
     study["registry"] = str(root / "registry.sqlite")
     study["note"] = "bench_search.py: a timing run, not a result"

@@ -28,29 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from studies import load_study  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
-PATH_KEYS = ("prompt", "train_questions", "gate_questions", "full_questions")
-
-
-def absolute_paths(study: dict[str, Any], base: Path) -> dict[str, Any]:
-    """The study's input paths made absolute (they are relative to its file)."""
-    out = dict(study)
-    for key in PATH_KEYS:
-        out[key] = str((base / study[key]).resolve())
-    if study.get("retrieval"):
-        out["retrieval"] = {
-            **study["retrieval"],
-            "corpus": str(base / study["retrieval"]["corpus"]),
-        }
-    if study.get("contexts"):
-        out["contexts"] = {k: str(base / v) for k, v in study["contexts"].items()}
-    return out
 
 
 def study_for(policy: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    source = Path(args.study).resolve()
-    study = absolute_paths(yaml.safe_load(source.read_text("utf-8")), source.parent)
+    study = load_study(Path(args.study))
     slug = Path(args.model).name.replace(".", "-")
     study.update(
         name=f"compare-{policy}-{slug}",
