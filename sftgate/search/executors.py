@@ -428,6 +428,9 @@ class LocalProcesses:
             slot.retire()
 
 
+START_ATTEMPTS = 3  # actors that fail to start, in a row, before a waiting run is lost
+
+
 class RayActors:
     """Runs on a Ray cluster, in resident actors: up to as many as the cluster's resources hold
     (GPUs / `gpus_per_run`, CPUs / `cpus_per_run`, counted when the search starts), each asking
@@ -450,6 +453,7 @@ class RayActors:
         self.placing: dict[Any, Any] = {}  # an actor's `ready` call -> the actor
         self.idle: list[Any] = []  # placed actors with no run
         self.refs: dict[Any, tuple[RunSpec, Any]] = {}  # a run's call -> (its spec, its actor)
+        self.failed_starts = 0  # actors in a row that could not start
         self.workers = WorkerFiles()
         self.owns = not ray.is_initialized()
         if self.owns:
@@ -530,15 +534,19 @@ class RayActors:
         return finished
 
     def placed(self, ref: Any) -> list[RunOutcome]:
-        """An actor is up and idle; one that could not start loses the oldest waiting run (its
-        reason is the run's), so that a worker that never starts does not wait forever."""
+        """An actor is up and idle. One that could not start is replaced (Ray may still place
+        actors on a node it just lost); after START_ATTEMPTS failures in a row the oldest waiting
+        run is lost with the reason, so that a worker that never starts does not wait forever."""
         actor = self.placing.pop(ref)
         try:
             self.ray.get(ref)
+            self.failed_starts = 0
         except self.ray.exceptions.RayError as e:
             self.ray.kill(actor, no_restart=True)
-            if not self.waiting:
-                return []
+            self.failed_starts += 1
+            if not self.waiting or self.failed_starts < START_ATTEMPTS:
+                return []  # dispatch() makes a new actor for the runs still waiting
+            self.failed_starts = 0
             spec = self.waiting.pop(0)
             self.workers.drop(spec)
             return [_lost(spec, f"its Ray worker did not start: {ray_loss(e)}")]
