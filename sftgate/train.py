@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +45,9 @@ from sftgate.questions import Passage, Question, QuestionSet, load_questions
 from sftgate.resident import ResidentBase, borrowed
 from sftgate.stopwatch import Stopwatch
 from sftgate.targets import TargetFormat, reference_completion
+
+if TYPE_CHECKING:
+    from sftgate.graphed import GraphChoice
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B"
 IGNORE = -100  # target id that the loss skips
@@ -83,6 +86,12 @@ class TrainConfig(StrictModel):
         description="pack a step's examples into one row, attention kept within each example (no "
         "padding tokens); false pads them to the longest; None (auto): on unless the model has "
         "sliding-window layers",
+    )
+    cuda_graphs: bool | None = Field(
+        None,
+        description="capture the training step as CUDA graphs (one per 128-token length bucket) "
+        "and replay them: no per-step launch overhead from Python; None (auto): on on CUDA when "
+        "batch_size and grad_accum_steps are 1 and gradient checkpointing is off, off otherwise",
     )
     params: TrainParams = Field(default_factory=TrainParams)
     num_epochs: float | None = Field(
@@ -409,17 +418,21 @@ class Machinery:
     attention: str
     gradient_checkpointing: bool
     gradient_checkpointing_reason: str
+    cuda_graphs: bool
+    cuda_graphs_reason: str
     optimizer: str
     adapter_dtype: str
 
 
 def resolve_kernels(
-    config: TrainConfig, loaded: LoadedModel
+    config: TrainConfig, loaded: LoadedModel, *, cuda_graphs: bool = False
 ) -> tuple[Literal["liger", "none"], str]:
     if config.kernels == "none":
         return "none", "kernels: none"
     if config.kernels == "auto" and loaded.device != "cuda":
         return "none", "auto: Liger kernels need CUDA"
+    if config.kernels == "auto" and cuda_graphs:
+        return "none", "auto: none, CUDA graphs are on (Liger's fused loss reads it on the host)"
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     except ImportError:
@@ -569,6 +582,8 @@ def train(
     up the machinery, run the loop, save the adapter folder (`sftgate.artifacts`). The base comes
     back as it was (`sftgate.resident.borrowed`: no LoRA layers, patches or flags left), and
     Liger's and the segment attention's patches are undone when the loop ends."""
+    from sftgate.graphed import settle_graphs, wanted_graphs
+
     clock = Stopwatch()
     inputs = read_inputs(config)
     out = Path(config.out)
@@ -579,7 +594,14 @@ def train(
     with clock.part("examples"):
         data = training_examples(config, loaded.tokenizer, inputs)
     config, epochs = steps_from_epochs(config, len(data.examples))
-    kernels, kernels_reason = resolve_kernels(config, loaded)
+    graphs = wanted_graphs(
+        config.cuda_graphs,
+        loaded.device,
+        config.params,
+        config.gradient_checkpointing,
+        config.kernels,
+    )
+    kernels, kernels_reason = resolve_kernels(config, loaded, cuda_graphs=graphs.on)
     padding_free = resolve_padding_free(config, loaded)
     with borrowed(loaded.model):
         with ExitStack() as patches:
@@ -592,7 +614,10 @@ def train(
                 setup = TrainSetup.of(lora, loaded, padding_free, kernels)
                 checkpointing = decide_checkpointing(config, setup, data.examples)
                 set_checkpointing(setup.model, checkpointing.on)
-                machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing)
+                graphs = settle_graphs(
+                    graphs, config.cuda_graphs, checkpointing.on, checkpointing.reason
+                )
+                machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing, graphs)
             with clock.part("train_steps"):
                 loop = train_loop(
                     setup,
@@ -601,6 +626,7 @@ def train(
                     progress=progress,
                     on_step=on_step,
                     snapshot_steps=config.checkpoint_steps,
+                    cuda_graphs=graphs.on,
                 )
         metadata = adapter_metadata(
             inputs, loaded, data, setup, machinery, checkpointing, loop, timings=clock.split()
@@ -798,7 +824,11 @@ def decide_checkpointing(
 
 
 def describe_machinery(
-    setup: TrainSetup, loaded: LoadedModel, kernels_reason: str, checkpointing: Checkpointing
+    setup: TrainSetup,
+    loaded: LoadedModel,
+    kernels_reason: str,
+    checkpointing: Checkpointing,
+    graphs: GraphChoice,
 ) -> Machinery:
     return Machinery(
         loop="plain PyTorch loop over pre-tokenised examples (PEFT LoRA, transformers model)",
@@ -809,7 +839,15 @@ def describe_machinery(
         attention=str(loaded.model.config._attn_implementation),
         gradient_checkpointing=checkpointing.on,
         gradient_checkpointing_reason=checkpointing.reason,
-        optimizer="AdamW (fused)" if setup.device == "cuda" else "AdamW",
+        cuda_graphs=graphs.on,
+        cuda_graphs_reason=graphs.reason,
+        optimizer=(
+            "AdamW (fused, capturable)"
+            if graphs.on
+            else "AdamW (fused)"
+            if setup.device == "cuda"
+            else "AdamW"
+        ),
         adapter_dtype=str(setup.trainable[0].dtype).removeprefix("torch."),
     )
 
@@ -838,6 +876,7 @@ class LoopResult:
     wall_s: float
     peak_memory_bytes: int | None  # CUDA only
     snapshots: dict[int, list[Any]]  # step -> the trainable tensors after it (CPU copies)
+    graphs: dict[str, Any] | None = None  # CUDA graphs captured (sftgate.graphed.GraphStats)
 
 
 def train_loop(
@@ -848,11 +887,20 @@ def train_loop(
     progress: bool,
     on_step: Callable[[int, int], None] | None,
     snapshot_steps: Sequence[int] = (),
+    cuda_graphs: bool = False,
 ) -> LoopResult:
     """max_steps AdamW steps (fused on CUDA) of grad_accum_steps micro-batches each, gradients
-    clipped at norm 1, the learning rate from the scheduler; a non-finite loss stops it."""
+    clipped at norm 1, the learning rate from the scheduler; a non-finite loss stops it.
+    `cuda_graphs`: the same steps replayed as CUDA graphs (`sftgate.graphed`)."""
     import torch
     from transformers import get_scheduler
+
+    if cuda_graphs:
+        from sftgate.graphed import graphed_loop
+
+        return graphed_loop(
+            setup, examples, p, progress=progress, on_step=on_step, snapshot_steps=snapshot_steps
+        )
 
     cuda = setup.device == "cuda"
     optimizer = torch.optim.AdamW(setup.trainable, lr=p.lr, weight_decay=0.0, fused=cuda)
@@ -960,6 +1008,7 @@ def adapter_metadata(
         "seed": p.seed,
         "gradient_checkpointing": checkpointing.on,
         "machinery": asdict(machinery),
+        "cuda_graphs": loop.graphs,  # captured, buckets, loss_positions, capture_s; None: off
         "examples": len(data.examples),
         "examples_shortened": len(data.shortened),
         "examples_dropped": data.dropped,

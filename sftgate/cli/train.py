@@ -13,7 +13,7 @@ from sftgate.tracking import TrackingConfig, check_installed, run_from_train_met
 from sftgate.train import TrainConfig, train
 
 TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out", "kernels")
-SWITCHES = ("gradient_checkpointing", "padding_free")  # auto | on | off -> None | True | False
+SWITCHES = ("gradient_checkpointing", "padding_free", "cuda_graphs")  # auto | on | off -> None | True | False
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         f"{m['loss_per_step'][-1]:.4f}, {m['tokens_per_s']} tokens/s{peak}, {m['examples']} "
         f"examples ({m['examples_shortened']} shortened, {len(m['examples_dropped'])} left out)\n"
         f"kernels {how['kernels']}, padding-free {how['padding_free']}, gradient checkpointing "
-        f"{how['gradient_checkpointing']} ({how['gradient_checkpointing_reason']})"
+        f"{how['gradient_checkpointing']} ({how['gradient_checkpointing_reason']}), CUDA graphs "
+        f"{how['cuda_graphs']} ({how['cuda_graphs_reason']})"
     )
     where = track_run(run_from_train_meta(m, result.adapter_dir), tracking, "train")
     if where:

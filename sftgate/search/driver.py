@@ -209,6 +209,7 @@ class Specs:
             model=config.model,
             quantization=config.quantization,
             gradient_checkpointing=config.gradient_checkpointing,
+            cuda_graphs=config.cuda_graphs,
             prompt=config.prompt,
             train_questions=config.train_questions,
             train_contexts=ctx("train"),

@@ -57,6 +57,7 @@ class RunSpec:
     expected: dict[str, str] = field(default_factory=dict)
     progress: bool = True
     checkpoint_steps: tuple[int, ...] = ()  # gate split: also evaluate the adapter at these steps
+    cuda_graphs: bool | None = None  # as TrainConfig.cuda_graphs (None: auto)
 
     @property
     def adapter_dir(self) -> Path:
@@ -248,6 +249,7 @@ def train_adapter(
         prompt=spec.prompt,
         out=str(spec.adapter_dir),
         gradient_checkpointing=spec.gradient_checkpointing,
+        cuda_graphs=spec.cuda_graphs,
         params=spec.params,
         checkpoint_steps=list(spec.checkpoint_steps),
     )

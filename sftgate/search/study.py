@@ -72,6 +72,11 @@ class StudyConfig(StrictModel):
         None,
         description="None (auto): as `sftgate train` decides, off on CUDA when a probe step fits in memory, else on",
     )
+    cuda_graphs: bool | None = Field(
+        None,
+        description="None (auto): as `sftgate train` decides, on on CUDA for batch 1 without "
+        "accumulation or checkpointing; pinned only when set",
+    )
     policy: Policy = Field(default_factory=Policy)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     executor: ExecutorConfig = Field(
@@ -129,6 +134,8 @@ class StudyConfig(StrictModel):
             "training": {
                 "quantization": self.quantization,
                 "gradient_checkpointing": self.gradient_checkpointing,
+                # Added later: only when set, so that earlier studies' pins hold.
+                **({} if self.cuda_graphs is None else {"cuda_graphs": self.cuda_graphs}),
             },
         }
         if self.retrieval is not None:
