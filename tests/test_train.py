@@ -278,6 +278,7 @@ def test_metadata_and_plain_peft_loading(tmp_path):
         )
     m = read_adapter_metadata(result.adapter_dir)
     assert m["examples_dropped"] == ["q-long"] and m["examples"] == 4
+    assert m["cuda_graphs"] is None  # off on CPU: nothing captured
     assert sorted(p.name for p in result.adapter_dir.iterdir()) == [
         "README.md",
         "adapter_config.json",
@@ -293,6 +294,8 @@ def test_metadata_and_plain_peft_loading(tmp_path):
         "attention": "sftgate_segments",
         "gradient_checkpointing": False,
         "gradient_checkpointing_reason": "auto: off on CPU",
+        "cuda_graphs": False,
+        "cuda_graphs_reason": "auto: off, CUDA graphs need CUDA (the device is cpu)",
         "optimizer": "AdamW",
         "adapter_dtype": "float32",
     }
@@ -444,12 +447,14 @@ def test_cli_flags_override_the_file(tmp_path):
     args = parser.parse_args(
         ["train", "--config", "c.yaml", "--max-steps", "7", "--lr", "1e-4", "--out", "x"]
         + ["--gradient-checkpointing", "off", "--padding-free", "auto", "--kernels", "none"]
+        + ["--cuda-graphs", "on"]
     )
     assert overrides(args) == {
         "out": "x",
         "kernels": "none",
         "gradient_checkpointing": False,
         "padding_free": None,
+        "cuda_graphs": True,
         "params.max_steps": 7,
         "params.lr": 1e-4,
     }
@@ -457,6 +462,7 @@ def test_cli_flags_override_the_file(tmp_path):
     path.write_text("kind: train\nquestions: q.json\nout: o\nparams:\n  max_steps: 3\n", "utf-8")
     cfg = load_config(TrainConfig, path, overrides(args))
     assert (cfg.params.max_steps, cfg.out, cfg.gradient_checkpointing) == (7, "x", False)
+    assert cfg.cuda_graphs is True
 
 
 @pytest.mark.gpu
