@@ -7,7 +7,9 @@ tokens only, and only their logits are computed.
 
 On CUDA the defaults are the settings measured fastest in `benchmarks/README.md`: the 4-bit base
 keeps bf16 norms and embeddings (no fp32 upcast), Liger kernels, padding-free batches, fused
-AdamW, and gradient checkpointing only when a probe step shows that memory needs it.
+AdamW, and gradient checkpointing only when a probe step shows that memory needs it. At batch 1
+without accumulation or checkpointing the step is captured and replayed as CUDA graphs
+(`sftgate.graphed`; `cuda_graphs`).
 """
 
 from __future__ import annotations
