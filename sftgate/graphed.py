@@ -234,14 +234,6 @@ class StepGraphs:
         length = batch.inputs["input_ids"].shape[1]
         started = time.perf_counter()
         for t in trainable:
-            t.grad = None
-        # A forward and backward on this shape first, on the capture stream, eagerly: the
-        # libraries' lazy set-up for new shapes must not happen inside the capture.
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            completion_loss(model, batch, fused=False).backward()
-        torch.cuda.current_stream().wait_stream(self.stream)
-        for t in trainable:
             t.grad = None  # each graph allocates (owns) its gradients
         graph = torch.cuda.CUDAGraph()
         try:
@@ -276,37 +268,50 @@ def capturable_optimizer(setup: TrainSetup, p: TrainParams) -> tuple[Any, Any]:
     """Fused AdamW whose state and learning rate live on the GPU, and transformers' scheduler,
     which fills that learning-rate tensor in place at each `scheduler.step()`."""
     import torch
-    from transformers import get_scheduler
 
     lr = torch.tensor(p.lr, dtype=torch.float32, device="cuda")
     optimizer = torch.optim.AdamW(
         setup.trainable, lr=lr, weight_decay=0.0, fused=True, capturable=True
     )
-    # The scheduler's base learning rate stays a float (the scheduler would otherwise clone the
-    # tensor and compute each rate on the GPU), so each step is one fill_ of the tensor.
+    return optimizer, tensor_lr_scheduler(optimizer, p)
+
+
+def tensor_lr_scheduler(optimizer: Any, p: TrainParams) -> Any:
+    """transformers' scheduler over an optimiser whose lr is a tensor: torch's LRScheduler
+    fill_()s that tensor in place. Its base rate is set to the float lr first (the scheduler
+    would otherwise clone the tensor and compute each rate on the device), so each step is one
+    fill_ from a Python float."""
+    from transformers import get_scheduler
+
     for group in optimizer.param_groups:
         group["initial_lr"] = p.lr
-    scheduler = get_scheduler(
+    return get_scheduler(
         p.lr_scheduler,
         optimizer,
         num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
         num_training_steps=p.max_steps,
     )
-    return optimizer, scheduler
 
 
 def eager_first_step(setup: TrainSetup, graphs: StepGraphs, example: Example) -> Any:
-    """Step 1, eagerly on the graphs' static batch: it warms the libraries up and creates the
-    optimiser's state, so that no capture allocates it."""
+    """Step 1, eagerly on the graphs' static batch and on their capture stream: it warms the
+    libraries up (cuBLAS's workspace for that stream, autograd, lazy initialisations) and creates
+    the optimiser's state, so that no capture allocates any of it."""
     import torch
 
-    loss = completion_loss(setup.model, graphs.load(example), fused=False)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(setup.trainable, 1.0)
-    graphs.optimizer.step()
-    graphs.optimizer.zero_grad(set_to_none=True)
+    batch = graphs.load(example)
+    graphs.stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(graphs.stream):
+        loss = completion_loss(setup.model, batch, fused=False)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(setup.trainable, 1.0)
+        graphs.optimizer.step()
+        graphs.optimizer.zero_grad(set_to_none=True)
+        loss = loss.detach()
+    torch.cuda.current_stream().wait_stream(graphs.stream)
+    torch.cuda.synchronize()
     torch.cuda.empty_cache()  # the graphs' pool may take the eager step's memory
-    return loss.detach()
+    return loss
 
 
 def check_losses(losses: Any, start: int, end: int, lr: float) -> list[float]:

@@ -17,6 +17,7 @@ from sftgate.graphed import (
     loss_positions,
     settle_graphs,
     static_batch,
+    tensor_lr_scheduler,
     wanted_graphs,
 )
 from sftgate.models import load_model
@@ -164,6 +165,29 @@ def test_auto_checkpointing_settles_the_choice():
         settle_graphs(wanted_graphs(True, "cuda", P1, None, "auto"), True, True, "auto: big")
 
 
+def test_the_scheduler_fills_a_tensor_lr_in_place_with_the_float_schedule():
+    """The graphs read the learning rate from one tensor: the scheduler must update that tensor
+    (not replace it) with the same rates as over a float lr."""
+    from transformers import get_scheduler
+
+    p = TrainParams(max_steps=10, warmup_ratio=0.2, lr=1e-3)
+    w = [torch.nn.Parameter(torch.ones(3))]
+    lr = torch.tensor(p.lr)
+    optimizer = torch.optim.AdamW(w, lr=lr, foreach=False)
+    scheduler = tensor_lr_scheduler(optimizer, p)
+    reference = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=p.lr)
+    ref_scheduler = get_scheduler("linear", reference, num_warmup_steps=2, num_training_steps=10)
+    for _ in range(10):
+        assert optimizer.param_groups[0]["lr"] is lr
+        assert float(lr) == pytest.approx(reference.param_groups[0]["lr"], rel=1e-6)
+        w[0].grad = torch.ones(3)
+        optimizer.step()
+        reference.step()
+        scheduler.step()
+        ref_scheduler.step()
+    assert isinstance(optimizer.param_groups[0]["initial_lr"], float)
+
+
 def test_kernels_auto_is_none_when_graphs_are_on():
     loaded = dataclasses.replace(load_model("tiny-qwen3"), device="cuda")
     cfg = TrainConfig(questions="q.json", out="o")
@@ -267,8 +291,13 @@ def test_train_records_the_graphs_it_captured(tmp_path):
     from sftgate.train import train
     from tests.test_train import config
 
-    result = train(config(tmp_path, max_steps=12, max_length=4096), progress=False)
+    cfg = config(tmp_path, max_steps=12, max_length=4096)
+    cfg = cfg.model_copy(update={"checkpoint_steps": [5]})
+    steps: list[int] = []
+    result = train(cfg, progress=False, on_step=lambda k, n: steps.append(k))
     m = result.metadata
+    assert steps == list(range(1, 13)) and m["checkpoints"] == [5]
+    assert (result.adapter_dir / "checkpoints" / "step-5" / "adapter_model.safetensors").exists()
     assert m["machinery"]["cuda_graphs"] is True, m["machinery"]["cuda_graphs_reason"]
     assert m["machinery"]["optimizer"] == "AdamW (fused, capturable)"
     graphs = m["cuda_graphs"]

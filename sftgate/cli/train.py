@@ -13,7 +13,11 @@ from sftgate.tracking import TrackingConfig, check_installed, run_from_train_met
 from sftgate.train import TrainConfig, train
 
 TOP_LEVEL = ("model", "quantization", "questions", "contexts", "prompt", "out", "kernels")
-SWITCHES = ("gradient_checkpointing", "padding_free", "cuda_graphs")  # auto | on | off -> None | True | False
+SWITCHES = (
+    "gradient_checkpointing",
+    "padding_free",
+    "cuda_graphs",
+)  # auto | on | off -> None | True | False
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
