@@ -832,6 +832,9 @@ def describe_machinery(
     checkpointing: Checkpointing,
     graphs: GraphChoice,
 ) -> Machinery:
+    optimizer = "AdamW (fused)" if setup.device == "cuda" else "AdamW"
+    if graphs.on:
+        optimizer = "AdamW (fused, capturable)"
     return Machinery(
         loop="plain PyTorch loop over pre-tokenised examples (PEFT LoRA, transformers model)",
         compute_dtype=str(loaded.model.dtype).removeprefix("torch."),
@@ -843,13 +846,7 @@ def describe_machinery(
         gradient_checkpointing_reason=checkpointing.reason,
         cuda_graphs=graphs.on,
         cuda_graphs_reason=graphs.reason,
-        optimizer=(
-            "AdamW (fused, capturable)"
-            if graphs.on
-            else "AdamW (fused)"
-            if setup.device == "cuda"
-            else "AdamW"
-        ),
+        optimizer=optimizer,
         adapter_dtype=str(setup.trainable[0].dtype).removeprefix("torch."),
     )
 
