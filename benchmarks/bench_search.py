@@ -15,7 +15,7 @@ The study is `sftgate/sample/study.yaml` (`--study study_cpu.yaml` for the CPU d
 with the model replaced, every max_steps (and steps_delta) multiplied by --steps-scale, the smoke
 bar at 0 and `allow_unreachable` (a random model must walk through the rounds), optionally the
 question sets cut to their first N questions and decoding capped. Each tree runs the same study
-in a fresh registry and work folder under DIR, with PYTHONPATH at its source; this tree runs first,
+in a fresh registry and work folder under DIR, with its source first on PYTHONPATH; this tree runs first,
 so warm caches (the checkpoint in the page cache, compiled kernels) favour the baseline.
 
 The split comes from what the runs recorded: train steps are the training loops' wall time
@@ -145,9 +145,14 @@ def first(source: Path, n: int | None, out: Path) -> str:
     return str(out)
 
 
-def study_file(args: argparse.Namespace, model: str, tree: str) -> Path:
+def study_file(args: argparse.Namespace, model: str, tree: str, src: Path) -> Path:
     """The benchmark's study: the sample's, scaled as the arguments say, for one tree."""
     study = load_study(SAMPLE / args.study)
+    # A setting this tree's code added at its default (null) is left out for an older tree,
+    # which would refuse the unknown key: the same study, as that tree can read it.
+    own = yaml.safe_load((src / "sftgate" / "sample" / args.study).read_text(encoding="utf-8"))
+    for key in [k for k, v in study.items() if v is None and k not in own]:
+        del study[key]
     root = Path(args.out) / tree
     shutil.rmtree(root, ignore_errors=True)  # a fresh study: nothing reused
     root.mkdir(parents=True)
@@ -186,9 +191,12 @@ def study_file(args: argparse.Namespace, model: str, tree: str) -> Path:
 
 def run_tree(tree: str, src: Path, args: argparse.Namespace, model: str, home: Path) -> dict:
     """`sftgate search` with this tree's code in a process of its own; then what it recorded."""
-    config = study_file(args, model, tree)
+    config = study_file(args, model, tree, src)
     root = config.parent
-    env = {**os.environ, "PYTHONPATH": str(src), "SFTGATE_HOME": str(home)}
+    # The tree's source first; what PYTHONPATH held stays after it (libraries installed beside
+    # the environment, as on a machine that carries its wheels).
+    paths = [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "SFTGATE_HOME": str(home)}
     env["PYTHONUNBUFFERED"] = "1"
     print(f"[{tree}] sftgate search --config {config} (code: {src})", flush=True)
     t0 = time.perf_counter()
@@ -313,7 +321,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     home = out / "home"  # the data directory both trees use (tiny-qwen3 built here once)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SFTGATE_HOME": str(home)}
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "SFTGATE_HOME": str(home)}
     subprocess.run(
         [sys.executable, "-c", "from sftgate.models import tiny_model_dir; tiny_model_dir()"],
         env=env,
@@ -341,7 +350,8 @@ def main() -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
     }
-    if "baseline" in results and on_gpu:  # a CPU smoke run's ratio is no result
+    finished = all(r["exit_code"] == 0 for r in results.values())
+    if "baseline" in results and on_gpu and finished:  # a CPU smoke run's ratio is no result
         report["speedup_wall"] = round(
             results["baseline"]["wall_s"] / results["current"]["wall_s"], 2
         )
