@@ -39,6 +39,7 @@ from sftgate.artifacts import (
 from sftgate.config import StrictModel, pin_view
 from sftgate.contexts import load_contexts, resolve_passages
 from sftgate.errors import InputError, Problem, SftgateError, SftgateWarning
+from sftgate.hashing import sha256_file, sha256_json
 from sftgate.models import LoadedModel, Quantization, uses_sliding_window
 from sftgate.params import TrainParams
 from sftgate.prompt import DEFAULT_PROMPT, PromptTemplate, encode_prompt, load_prompt
@@ -591,10 +592,11 @@ def train(
     out = Path(config.out)
     refuse_existing_adapter(out)
 
+    resident = base or ResidentBase()
     with clock.part("model_load"):
-        loaded = (base or ResidentBase()).get(config.model, config.quantization, device)
+        loaded = resident.get(config.model, config.quantization, device)
     with clock.part("examples"):
-        data = training_examples(config, loaded.tokenizer, inputs)
+        data = training_examples(config, loaded.tokenizer, inputs, resident)
     config, epochs = steps_from_epochs(config, len(data.examples))
     graphs = wanted_graphs(
         config.cuda_graphs,
@@ -716,20 +718,39 @@ def read_inputs(config: TrainConfig) -> TrainInputs:
     return TrainInputs(template, questions, passages, index_version)
 
 
-def training_examples(config: TrainConfig, tokenizer: Any, inputs: TrainInputs) -> Tokenized:
+def examples_key(config: TrainConfig) -> str:
+    """What the training examples are made from: the prompt, question and contexts files'
+    bytes, max_length and the target format (with the tokenizer, which `ResidentBase` holds)."""
+    files = [config.prompt, config.questions, config.contexts]
+    return sha256_json(
+        {
+            "files": [None if f is None else sha256_file(f) for f in files],
+            "max_length": config.params.max_length,
+            "target_format": config.params.target_format,
+        }
+    )
+
+
+def training_examples(
+    config: TrainConfig, tokenizer: Any, inputs: TrainInputs, base: ResidentBase | None = None
+) -> Tokenized:
     """Every question as an example within max_length; one that does not fit even without
     passages is left out with a warning, and none fitting is an error (with no warning before
-    it)."""
+    it). With `base`, examples an earlier run tokenised from the same inputs are reused."""
     max_length = config.params.max_length
     questions = inputs.questions.questions
-    data = tokenize_examples(
-        tokenizer,
-        inputs.template,
-        questions,
-        inputs.passages,
-        max_length,
-        config.params.target_format,
-    )
+
+    def make() -> Tokenized:
+        return tokenize_examples(
+            tokenizer,
+            inputs.template,
+            questions,
+            inputs.passages,
+            max_length,
+            config.params.target_format,
+        )
+
+    data = base.examples(examples_key(config), make) if base is not None else make()
     if not data.examples:
         raise InputError(
             Problem(

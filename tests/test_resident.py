@@ -72,6 +72,7 @@ def test_runs_in_one_resident_worker_equal_runs_in_fresh_processes(tmp_path, qua
     resident = [execute_run(s, base=base) for s in resident_specs]
     assert [o.status for o in resident] == ["done", "done"], [o.failure for o in resident]
     assert base.loads == 1  # one model load for both runs: training and every evaluation
+    assert base.tokenisations == 1  # both runs train on the same examples, tokenised once
     timings = resident[1].eval_meta["timings"]  # type: ignore[index]
     assert timings["model_load_s"] < 0.05 and {"merge_s", "decode_s", "scoring_s"} <= set(timings)
 
@@ -171,3 +172,42 @@ def test_a_run_leaves_the_base_as_it_found_it(tmp_path):
         )
     assert fingerprint(loaded.model) == before
     assert base.loads == 1 and base.loaded is loaded
+
+
+def test_a_resident_base_tokenises_a_training_set_once(tmp_path):
+    """Runs on one base whose examples come from the same files and settings get the examples
+    the first run tokenised; another max_length, another target format or changed file bytes
+    tokenise again; replacing the base forgets them all."""
+    from sftgate.models import load_tokenizer
+    from sftgate.train import read_inputs, tokenize_examples, training_examples
+    from tests.test_train import config
+
+    base = ResidentBase()
+    tokenizer = load_tokenizer("tiny-qwen3")
+    first = config(tmp_path, max_length=4096)
+    inputs = read_inputs(first)
+    data = training_examples(first, tokenizer, inputs, base)
+    other_steps = first.model_copy(update={"params": first.params.model_copy(update={"lr": 1e-3})})
+    assert training_examples(other_steps, tokenizer, inputs, base) is data
+    assert base.tokenisations == 1
+    fresh = tokenize_examples(
+        tokenizer, inputs.template, inputs.questions.questions, inputs.passages, 4096
+    )
+    assert [(e.id, e.input_ids, e.prompt_len) for e in data.examples] == [
+        (e.id, e.input_ids, e.prompt_len) for e in fresh.examples
+    ]
+
+    shorter = first.model_copy(
+        update={"params": first.params.model_copy(update={"max_length": 2048})}
+    )
+    answer_last = first.model_copy(
+        update={"params": first.params.model_copy(update={"target_format": "answer_last"})}
+    )
+    for changed in (shorter, answer_last):
+        assert training_examples(changed, tokenizer, inputs, base) is not data
+    assert base.tokenisations == 3
+    Path(first.questions).write_bytes(Path(first.questions).read_bytes() + b"\n")
+    assert training_examples(first, tokenizer, read_inputs(first), base) is not data
+    assert base.tokenisations == 4
+    base.drop()
+    assert not base.kept
