@@ -592,11 +592,10 @@ def train(
     out = Path(config.out)
     refuse_existing_adapter(out)
 
-    resident = base or ResidentBase()
     with clock.part("model_load"):
-        loaded = resident.get(config.model, config.quantization, device)
+        loaded = (base or ResidentBase()).get(config.model, config.quantization, device)
     with clock.part("examples"):
-        data = training_examples(config, loaded.tokenizer, inputs, resident)
+        data = training_examples(config, loaded.tokenizer, inputs, base)
     config, epochs = steps_from_epochs(config, len(data.examples))
     graphs = wanted_graphs(
         config.cuda_graphs,
@@ -718,12 +717,14 @@ def read_inputs(config: TrainConfig) -> TrainInputs:
     return TrainInputs(template, questions, passages, index_version)
 
 
-def examples_key(config: TrainConfig) -> str:
-    """What the training examples are made from: the prompt, question and contexts files'
-    bytes, max_length and the target format (with the tokenizer, which `ResidentBase` holds)."""
-    files = [config.prompt, config.questions, config.contexts]
+def examples_key(config: TrainConfig, inputs: TrainInputs) -> str:
+    """What the training examples are made from: the prompt (its sha256, read with it), the
+    question and contexts files' bytes, max_length and the target format (with the tokenizer,
+    which `ResidentBase` holds)."""
+    files = [config.questions, config.contexts]
     return sha256_json(
         {
+            "prompt": inputs.template.sha256,
             "files": [None if f is None else sha256_file(f) for f in files],
             "max_length": config.params.max_length,
             "target_format": config.params.target_format,
@@ -750,7 +751,7 @@ def training_examples(
             config.params.target_format,
         )
 
-    data = base.examples(examples_key(config), make) if base is not None else make()
+    data = base.examples(examples_key(config, inputs), make) if base is not None else make()
     if not data.examples:
         raise InputError(
             Problem(

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from sftgate.resident import ResidentBase
 from sftgate.search import RunsLost, StudyConfig, search
 from sftgate.search.executors import ExecutorConfig, InProcess, open_executor
 from sftgate.search.registry import Registry
@@ -383,7 +384,7 @@ def test_a_worker_reports_its_stages_and_progress(tmp_path, monkeypatch):
         real(path, text)
 
     monkeypatch.setattr(ex, "atomic_write_text", spy)
-    outcome = ex.work(spec)
+    outcome = ex.work(spec, ResidentBase())
     assert outcome.status == "done" and outcome.worker["pid"] == os.getpid()  # type: ignore[index]
     # where its time went: each part recorded, the rest as other, summing to the whole
     t = outcome.timings

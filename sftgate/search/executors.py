@@ -140,10 +140,9 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def work(spec: RunSpec, base: ResidentBase | None = None) -> RunOutcome:
+def work(spec: RunSpec, base: ResidentBase) -> RunOutcome:
     """A worker's whole job for one run: report where it runs and each stage, run the spec on the
-    worker's resident `base` (None: a base for this run alone), log to the run's folder. The same
-    in every executor."""
+    worker's resident `base`, log to the run's folder. The same in every executor."""
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     info = {
         "run_id": spec.run_id,
@@ -172,7 +171,6 @@ def work(spec: RunSpec, base: ResidentBase | None = None) -> RunOutcome:
             write()
 
     write()
-    base = base or ResidentBase()
     with _output_to(Path(spec.run_dir) / f"worker-{spec.split}.log"):
         outcome = execute_run(spec, on_stage, on_progress, base)
         if outcome.status == "failed":  # the log says why, beside what the run printed
