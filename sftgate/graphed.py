@@ -34,6 +34,7 @@ from sftgate.train import (
     TrainingFailed,
     TrainSetup,
     completion_loss,
+    lr_schedule,
     shuffled_batches,
     step_progress,
 )
@@ -230,7 +231,7 @@ class StepGraphs:
     def capture(self, batch: Batch) -> None:
         import torch
 
-        model, trainable = self.setup.model, self.setup.trainable
+        trainable = self.setup.trainable
         length = batch.inputs["input_ids"].shape[1]
         started = time.perf_counter()
         for t in trainable:
@@ -238,10 +239,7 @@ class StepGraphs:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-                loss = completion_loss(model, batch, fused=False)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                self.optimizer.step()
+                loss = whole_step(self.setup, batch, self.optimizer)
         except Exception as e:  # any library that syncs with the host fails here
             raise TrainingFailed(
                 f"capturing the training step as a CUDA graph ({length}-token bucket) failed: "
@@ -264,6 +262,18 @@ class StepGraphs:
         torch.cuda.empty_cache()
 
 
+def whole_step(setup: TrainSetup, batch: Batch, optimizer: Any) -> Any:
+    """What a graph captures, and step 1 runs eagerly: forward, loss, backward, gradients
+    clipped at norm 1, the AdamW step. The loss tensor."""
+    import torch
+
+    loss = completion_loss(setup.model, batch, fused=False)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(setup.trainable, 1.0)
+    optimizer.step()
+    return loss
+
+
 def capturable_optimizer(setup: TrainSetup, p: TrainParams) -> tuple[Any, Any]:
     """Fused AdamW whose state and learning rate live on the GPU, and transformers' scheduler,
     which fills that learning-rate tensor in place at each `scheduler.step()`."""
@@ -277,20 +287,13 @@ def capturable_optimizer(setup: TrainSetup, p: TrainParams) -> tuple[Any, Any]:
 
 
 def tensor_lr_scheduler(optimizer: Any, p: TrainParams) -> Any:
-    """transformers' scheduler over an optimiser whose lr is a tensor: torch's LRScheduler
-    fill_()s that tensor in place. Its base rate is set to the float lr first (the scheduler
-    would otherwise clone the tensor and compute each rate on the device), so each step is one
-    fill_ from a Python float."""
-    from transformers import get_scheduler
-
+    """The run's scheduler (`lr_schedule`) over an optimiser whose lr is a tensor: torch's
+    LRScheduler fill_()s that tensor in place. Its base rate is set to the float lr first (the
+    scheduler would otherwise clone the tensor and compute each rate on the device), so each
+    step is one fill_ from a Python float."""
     for group in optimizer.param_groups:
         group["initial_lr"] = p.lr
-    return get_scheduler(
-        p.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
-        num_training_steps=p.max_steps,
-    )
+    return lr_schedule(optimizer, p)
 
 
 def eager_first_step(setup: TrainSetup, graphs: StepGraphs, example: Example) -> Any:
@@ -302,10 +305,7 @@ def eager_first_step(setup: TrainSetup, graphs: StepGraphs, example: Example) ->
     batch = graphs.load(example)
     graphs.stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(graphs.stream):
-        loss = completion_loss(setup.model, batch, fused=False)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(setup.trainable, 1.0)
-        graphs.optimizer.step()
+        loss = whole_step(setup, batch, graphs.optimizer)
         graphs.optimizer.zero_grad(set_to_none=True)
         loss = loss.detach()
     torch.cuda.current_stream().wait_stream(graphs.stream)

@@ -900,6 +900,19 @@ class LoopResult:
     graphs: dict[str, Any] | None = None  # CUDA graphs captured (sftgate.graphed.GraphStats)
 
 
+def lr_schedule(optimizer: Any, p: TrainParams) -> Any:
+    """transformers' scheduler for the run: p.lr_scheduler over max_steps, after a warm-up of
+    warmup_ratio of them."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        p.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
+        num_training_steps=p.max_steps,
+    )
+
+
 def train_loop(
     setup: TrainSetup,
     examples: Sequence[Example],
@@ -914,7 +927,6 @@ def train_loop(
     clipped at norm 1, the learning rate from the scheduler; a non-finite loss stops it.
     `cuda_graphs`: the same steps replayed as CUDA graphs (`sftgate.graphed`)."""
     import torch
-    from transformers import get_scheduler
 
     if cuda_graphs:
         from sftgate.graphed import graphed_loop
@@ -925,12 +937,7 @@ def train_loop(
 
     cuda = setup.device == "cuda"
     optimizer = torch.optim.AdamW(setup.trainable, lr=p.lr, weight_decay=0.0, fused=cuda)
-    scheduler = get_scheduler(
-        p.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(p.warmup_ratio * p.max_steps),
-        num_training_steps=p.max_steps,
-    )
+    scheduler = lr_schedule(optimizer, p)
     batches = shuffled_batches(examples, p.batch_size, p.seed)
     losses: list[float] = []
     snapshots: dict[int, list[Any]] = {}
