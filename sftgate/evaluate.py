@@ -189,7 +189,7 @@ def evaluate(
         )
     mismatches += revision_mismatches(config, adapter_meta, loaded)
     eos = eos_token_ids(loaded.tokenizer, loaded.model)
-    constraint = output_constraint(config.decode, loaded, eos)
+    constraint = output_constraint(config.decode, loaded, eos, base)
     prompts = [
         encode_prompt(loaded.tokenizer, template, q.question, passages[q.id]) for q in questions
     ]
@@ -301,14 +301,19 @@ def pin_mismatches(
 
 
 def output_constraint(
-    decode: DecodeSettings, loaded: LoadedModel, eos: list[int]
+    decode: DecodeSettings, loaded: LoadedModel, eos: list[int], base: ResidentBase | None = None
 ) -> JsonConstraint | None:
     """The grammar for `decode.constrain: json_schema`, compiled for the model's tokenizer and its
-    logits' width (a vocabulary padded past the tokenizer's); its end of turn is `eos`."""
+    logits' width (a vocabulary padded past the tokenizer's); its end of turn is `eos`. With
+    `base` (the resident base `loaded` came from), compiled once for the runs on it."""
     if decode.constrain == "none":
         return None
     width = loaded.model.get_output_embeddings().weight.shape[0]
-    return json_constraint(loaded.tokenizer, width, eos)
+
+    def make() -> JsonConstraint:
+        return json_constraint(loaded.tokenizer, width, eos)
+
+    return make() if base is None else base.grammar((width, tuple(eos)), make)
 
 
 def check_engine(config: EvalConfig) -> None:

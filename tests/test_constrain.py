@@ -205,6 +205,25 @@ def _template():
     return load_prompt(str(PROMPT_PATH))
 
 
+def test_a_resident_base_compiles_the_grammar_once():
+    """Evaluations on one resident base share the grammar compiled for its tokenizer; another
+    logits width or stop ids compile again, and replacing the base forgets them."""
+    from sftgate.evaluate import output_constraint
+    from sftgate.resident import ResidentBase
+
+    base = ResidentBase()
+    loaded = base.get("tiny-qwen3", "none", "cpu")
+    decode = DecodeSettings(constrain="json_schema")
+    eos = eos_token_ids(loaded.tokenizer, loaded.model)
+    first = output_constraint(decode, loaded, eos, base)
+    assert output_constraint(decode, loaded, list(eos), base) is first
+    assert output_constraint(decode, loaded, [*eos, 0], base) is not first
+    assert output_constraint(decode, loaded, eos) is not first  # no base: compiled for this call
+    assert output_constraint(DecodeSettings(), loaded, eos, base) is None
+    base.drop()
+    assert not base.grammars
+
+
 def test_engine_vllm_refuses_the_constraint(tmp_path):
     from sftgate.errors import InputError
 
