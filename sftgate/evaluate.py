@@ -535,7 +535,8 @@ def merge_agreement(
     """Check the merge on the first questions, teacher-forced: each question's prompt followed by
     the merged model's answer goes through the merged model, the unmerged one (the adapter on the
     base as trained) and the base (adapter disabled) in one forward pass each, and their greedy
-    next tokens are compared at every answer position (and the one after it).
+    next tokens are compared at every answer position (and the one after it). The adapter is put
+    on `base` itself, so the caller borrows it (`evaluate` decodes within `borrowed`).
 
     Agreement: merged == unmerged at every position (else the first position that differs; 0 is
     the answer's first token). Effect: a merge that silently dropped the adapter would predict
@@ -545,27 +546,22 @@ def merge_agreement(
     evaluation's timings). The models' own next tokens are compared, so a decoding constraint
     (`decode.constrain`) shapes the answers checked on, not the check.
     """
-    from peft import PeftModel
-
     n = min(n_questions, len(prompts))
     tokenizer = base.tokenizer
     sequences = [
         (prompts[i], list(tokenizer(answers[i], add_special_tokens=False)["input_ids"]))
         for i in range(n)
     ]
-    with borrowed(base.model):
-        with libwarnings.quiet():
-            unmerged = PeftModel.from_pretrained(base.model, adapter)
-        unmerged.eval()
-        merged, adapted = next_tokens(merged_model, sequences), next_tokens(unmerged, sequences)
-        with unmerged.disable_adapter():
-            plain = next_tokens(unmerged, sequences)
-        adapter_nontrivial = any(
-            bool(p.detach().abs().sum() > 0)
-            for name, p in unmerged.named_parameters()
-            if "lora_B" in name
-        )
-        del unmerged
+    unmerged = model_for_eval(base, adapter, merged=False).model
+    merged, adapted = next_tokens(merged_model, sequences), next_tokens(unmerged, sequences)
+    with unmerged.disable_adapter():
+        plain = next_tokens(unmerged, sequences)
+    adapter_nontrivial = any(
+        bool(p.detach().abs().sum() > 0)
+        for name, p in unmerged.named_parameters()
+        if "lora_B" in name
+    )
+    del unmerged
     divergence = [first_divergence(x, y) for x, y in zip(merged, adapted)]
     merged_vs_base = sum(x != y for x, y in zip(merged, plain))
     adapted_vs_base = sum(x != y for x, y in zip(adapted, plain))
