@@ -53,6 +53,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             Problem("command line", "", "--index", "give --config or --index, not both", "")
         )
+    if args.config and (args.top_k or args.prompt):
+        raise InputError(
+            Problem(
+                "command line",
+                "",
+                "--top-k" if args.top_k else "--prompt",
+                "a study fixes its top_k and prompt",
+                "drop the flag, or use --index instead of --config",
+            )
+        )
     if args.config:
         source = study_source(args.config)
     elif args.index:
@@ -66,16 +76,6 @@ def run(args: argparse.Namespace) -> int:
                 "ask retrieves the question's passages from an index",
                 "pass --config STUDY.yaml (the study's index, top_k, prompt and model) or "
                 "--index INDEX (from `sftgate index build`, with --top-k and --prompt)",
-            )
-        )
-    if args.config and (args.top_k or args.prompt):
-        raise InputError(
-            Problem(
-                "command line",
-                "",
-                "--top-k" if args.top_k else "--prompt",
-                "a study fixes its top_k and prompt",
-                "drop the flag, or use --index instead of --config",
             )
         )
     with quiet_libraries():
