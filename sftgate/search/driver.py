@@ -180,7 +180,7 @@ def history(reg: Registry, study: Study) -> History:
         ceiling=study.reach["ceiling"] if study.reach else None,
         reach=reach_facts(study.reach),
         study=study.name,
-        constrain=(study.config.get("decode") or {}).get("constrain", "none"),
+        constrain=study.constrain,
     )
 
 

@@ -250,6 +250,11 @@ class Study:
         """Round 0's parameters: every run's parameters the seed does not name."""
         return TrainParams.model_validate(self.config.get("policy", {}).get("round0", {}))
 
+    @property
+    def constrain(self) -> str:
+        """The study's decode.constrain (pinned: every run of the study was decoded so)."""
+        return str((self.config.get("decode") or {}).get("constrain", "none"))
+
 
 @dataclass(frozen=True)
 class Checkpoint:

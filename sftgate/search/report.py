@@ -179,11 +179,6 @@ def reach_blocks(study: Study, final: dict[str, Any] | None) -> list[Block]:
     return blocks
 
 
-def study_constrain(study: Study) -> str:
-    """The study's decode.constrain (pinned: every run of the study was decoded so)."""
-    return str((study.config.get("decode") or {}).get("constrain", "none"))
-
-
 def pins_and_provenance(study: Study, runs: Sequence[Run]) -> list[Block]:
     blocks = [Block("h2", "Pinned inputs")]
     blocks.append(
@@ -193,7 +188,7 @@ def pins_and_provenance(study: Study, runs: Sequence[Run]) -> list[Block]:
                 ["input", "value"],
                 [[k, f"`{study.pins[k]}`"] for k in PIN_KEYS]
                 + [[k, f"`{v}`"] for k, v in sorted(study.pins.items()) if k not in PIN_KEYS]
-                + [["decode.constrain", f"`{study_constrain(study)}`"]]
+                + [["decode.constrain", f"`{study.constrain}`"]]
                 + [["created", study.created_at], ["config", f"`{study.config_path}`"]],
             ),
         )
