@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from studies import load_study  # benchmarks/ is on sys.path when a script runs
+from studies import load_study, source_env  # benchmarks/ is on sys.path when a script runs
+
+from sftgate.provenance import library_versions
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sftgate" / "sample"
@@ -107,15 +109,7 @@ def machine() -> dict[str, Any]:
             "gpu_memory_gib": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
         }
-    from importlib import metadata
-
-    versions = {}
-    for name in LIBS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return info | {"libraries": versions}
+    return info | {"libraries": library_versions(LIBS)}
 
 
 def prepare_model(args: argparse.Namespace) -> str:
@@ -193,10 +187,7 @@ def run_tree(tree: str, src: Path, args: argparse.Namespace, model: str, home: P
     """`sftgate search` with this tree's code in a process of its own; then what it recorded."""
     config = study_file(args, model, tree, src)
     root = config.parent
-    # The tree's source first; what PYTHONPATH held stays after it (libraries installed beside
-    # the environment, as on a machine that carries its wheels).
-    paths = [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "SFTGATE_HOME": str(home)}
+    env = source_env(src, SFTGATE_HOME=str(home))
     env["PYTHONUNBUFFERED"] = "1"
     print(f"[{tree}] sftgate search --config {config} (code: {src})", flush=True)
     t0 = time.perf_counter()
@@ -321,8 +312,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     home = out / "home"  # the data directory both trees use (tiny-qwen3 built here once)
-    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "SFTGATE_HOME": str(home)}
+    env = source_env(REPO, SFTGATE_HOME=str(home))
     subprocess.run(
         [sys.executable, "-c", "from sftgate.models import tiny_model_dir; tiny_model_dir()"],
         env=env,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from studies import load_study  # benchmarks/ is on sys.path when a script runs
+from studies import load_study, source_env  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,11 +241,7 @@ def main() -> None:
     out = Path(args.out)
     work = Path(args.work) if args.work else out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = source_env(ROOT, PYTHONUNBUFFERED="1")
     procs = {}
     for policy in ("seed", "adaptive"):
         study = study_for(policy, args, work)
