@@ -101,7 +101,7 @@ def child(
     """One config in its own process: load, wait for the others, train, report."""
     try:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        loaded = load_base(args, device, {})
+        loaded = load_saved(args, device)
         barrier.wait()
         loop, _ = loop_alone(loaded, p, data, device == "cuda")
         q.put({"max_steps": p.max_steps, "lr": p.lr, "wall_s": round(loop.wall_s, 3),
@@ -112,6 +112,15 @@ def child(
         traceback.print_exc()
         with_barrier_broken(barrier)
         q.put({"error": f"{type(e).__name__}: {str(e)[:500]}"})
+
+
+def load_saved(args: argparse.Namespace, device: str) -> Any:
+    """The model `load_base` built (random shapes) or was given, loaded again as it loads it."""
+    from sftgate.models import load_model
+
+    name = "tiny" if args.tiny else args.model
+    folder = Path(args.checkpoint_dir) / name if args.tiny or args.model in MODELS else Path(name)
+    return load_model(str(folder), quantization="4bit", device=device)
 
 
 def with_barrier_broken(barrier: Any) -> None:
@@ -250,7 +259,7 @@ def main() -> int:
     if result["separate"].get("status") == "ok" and row.get("status") == "ok":
         write("separate_over_cotrained", round(result["separate"]["wall_s"] / row["wall_s"], 3))
     if args.check_steps:
-        loaded = load_base(args, device, {})
+        loaded = load_saved(args, device)
         write("numerics", numerics(loaded, args, data, graphs))
     return 0
 

@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -192,13 +193,20 @@ def run_tree(tree: str, src: Path, args: argparse.Namespace, model: str, home: P
     print(f"[{tree}] sftgate search --config {config} (code: {src})", flush=True)
     t0 = time.perf_counter()
     with open(root / "search.log", "w", encoding="utf-8") as log:
-        code = subprocess.run(
+        search = subprocess.Popen(
             [sys.executable, "-m", "sftgate", "search", "--config", str(config)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=root,
-        ).returncode
+            start_new_session=True,  # its process group: a timeout ends its workers too
+        )
+        try:
+            code: int | str = search.wait(timeout=args.tree_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(search.pid, signal.SIGKILL)
+            search.wait()
+            code = f"timeout after {args.tree_timeout_s} s (what it recorded until then)"
     wall = time.perf_counter() - t0
     recorded = root / "recorded.json"
     read = subprocess.run(
@@ -305,6 +313,17 @@ def main() -> int:
         help="the baseline's commit, recorded when its tree is not a git checkout",
     )
     ap.add_argument("--label", default="", help="what this measurement is, kept in search.json")
+    ap.add_argument(
+        "--tree-timeout-s",
+        type=float,
+        help="stop a tree's search after this many seconds and report what it recorded",
+    )
+    ap.add_argument(
+        "--trees",
+        default="current,baseline",
+        help="which trees run, in this order (baseline: only with --baseline-src); one tree's "
+        "search at a time, so a long baseline may run in a later invocation",
+    )
     args = ap.parse_args()
     if args.preset:
         ap.set_defaults(**PRESETS[args.preset])
@@ -319,13 +338,34 @@ def main() -> int:
         check=True,
     )
     model = prepare_model(args)
-    trees = {"current": REPO}
+    sources = {"current": REPO}
     if args.baseline_src is not None:
-        trees["baseline"] = args.baseline_src.resolve()
-    results = {tree: run_tree(tree, src, args, model, home) for tree, src in trees.items()}
-    if "baseline" in results and results["baseline"]["git"]["commit"] is None:
-        results["baseline"]["git"]["commit"] = args.baseline_commit
+        sources["baseline"] = args.baseline_src.resolve()
+    wanted = [t.strip() for t in args.trees.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in ("current", "baseline")]
+    if unknown or not wanted:
+        ap.error(f"--trees takes current and/or baseline, got {args.trees!r}")
+    trees = {t: sources[t] for t in wanted if t in sources}
+    if not trees:
+        ap.error("--trees baseline needs --baseline-src")
     info = machine()
+    results: dict[str, dict] = {}
+    for tree, src in trees.items():
+        results[tree] = run_tree(tree, src, args, model, home)
+        if tree == "baseline" and results[tree]["git"]["commit"] is None:
+            results[tree]["git"]["commit"] = args.baseline_commit
+        report = write_report(out, args, info, results)
+    print(table(results))
+    if "speedup_wall" in report:
+        print(f"baseline / current wall time: {report['speedup_wall']}x")
+    print(f"-> {out / 'search.json'} ({report['label']})")
+    return 0
+
+
+def write_report(
+    out: Path, args: argparse.Namespace, info: dict[str, Any], results: dict[str, dict]
+) -> dict[str, Any]:
+    """DIR/search.json with the trees that have run so far (written after each)."""
     on_gpu = "gpus" in info
     report = {
         "benchmark": "bench_search",
@@ -341,17 +381,14 @@ def main() -> int:
         "results": results,
     }
     finished = all(r["exit_code"] == 0 for r in results.values())
-    if "baseline" in results and on_gpu and finished:  # a CPU smoke run's ratio is no result
+    # a ratio only for two finished searches on a GPU (a CPU smoke run's is no result)
+    if {"baseline", "current"} <= set(results) and on_gpu and finished:
         report["speedup_wall"] = round(
             results["baseline"]["wall_s"] / results["current"]["wall_s"], 2
         )
 
     (out / "search.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(table(results))
-    if "speedup_wall" in report:
-        print(f"baseline / current wall time: {report['speedup_wall']}x")
-    print(f"-> {out / 'search.json'} ({report['label']})")
-    return 0
+    return report
 
 
 if __name__ == "__main__":
