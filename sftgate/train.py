@@ -573,6 +573,98 @@ class TrainingFailed(SftgateError):
     """Training could not finish (NaN loss, out of memory); the message says why."""
 
 
+Kernels = tuple[Literal["liger", "none"], str]  # the choice and its reason
+
+
+def final_kernels(
+    config: TrainConfig,
+    loaded: LoadedModel,
+    kernels: Kernels,
+    wanted: GraphChoice,
+    settled: GraphChoice,
+) -> Kernels:
+    """`kernels: auto` was resolved while CUDA graphs were wanted, and graphs rule Liger out; if
+    settling the checkpointing then turned the graphs off, Liger is allowed after all: the choice
+    resolved again without graphs. Any other choice stands."""
+    if config.kernels != "auto" or not wanted.on or settled.on:
+        return kernels
+    name, reason = resolve_kernels(config, loaded, cuda_graphs=False)
+    return name, (f"{reason}, CUDA graphs off" if name == "liger" else reason)
+
+
+@contextmanager
+def set_up(
+    config: TrainConfig,
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    kernels: Literal["liger", "none"],
+    padding_free: bool,
+) -> Iterator[tuple[TrainSetup, Checkpointing]]:
+    """The base borrowed for one setup: Liger's kernels patched in, the segment attention, LoRA
+    added, gradient checkpointing decided (on CUDA, by a probe step) and set. On exit the patches
+    are undone and the base is as it was."""
+    with borrowed(loaded.model), ExitStack() as patches:
+        if kernels == "liger":
+            patches.enter_context(liger_kernels(loaded.model))
+        if padding_free:
+            patches.enter_context(segment_attention(loaded.model))
+        lora = add_lora(loaded.model, config.params)
+        setup = TrainSetup.of(lora, loaded, padding_free, kernels)
+        checkpointing = decide_checkpointing(config, setup, examples)
+        set_checkpointing(setup.model, checkpointing.on)
+        yield setup, checkpointing
+
+
+@dataclass(frozen=True)
+class Prepared:
+    setup: TrainSetup
+    checkpointing: Checkpointing
+    machinery: Machinery
+
+
+@contextmanager
+def prepared(
+    config: TrainConfig, loaded: LoadedModel, examples: Sequence[Example]
+) -> Iterator[Prepared]:
+    """The model set up to train, and the machinery as settled: kernels, padding-free,
+    checkpointing, CUDA graphs (`wanted_graphs` from the config, `settle_graphs` once the
+    checkpointing is known, `final_kernels` after that).
+
+    The one choice that can change late: `kernels: auto` gives none while graphs are wanted, the
+    probe step (without Liger) then needs checkpointing, which turns the graphs off and allows
+    Liger. The first setup is then undone and done again with Liger patched in before LoRA is
+    added: the order every Liger run takes (the one measured on GPUs; Liger patching a model that
+    already holds LoRA layers is not). The second probe measures the step that will run, with
+    Liger's lower memory (its fused loss keeps no full logits), so it may fit without
+    checkpointing after all. The cost, on this path only: a second LoRA setup and probe step."""
+    from sftgate.graphed import GraphChoice, settle_graphs, wanted_graphs
+
+    wanted = wanted_graphs(
+        config.cuda_graphs,
+        loaded.device,
+        config.params,
+        config.gradient_checkpointing,
+        config.kernels,
+    )
+    kernels = resolve_kernels(config, loaded, cuda_graphs=wanted.on)
+    padding_free = resolve_padding_free(config, loaded)
+    with set_up(config, loaded, examples, kernels[0], padding_free) as (setup, checkpointing):
+        graphs = settle_graphs(wanted, config.cuda_graphs, checkpointing.on, checkpointing.reason)
+        final = final_kernels(config, loaded, kernels, wanted, graphs)
+        if final[0] == kernels[0]:
+            machinery = describe_machinery(setup, loaded, final[1], checkpointing, graphs)
+            yield Prepared(setup, checkpointing, machinery)
+            return
+    graphs = GraphChoice(
+        False,
+        f"auto: off, without Liger kernels a step needs gradient checkpointing "
+        f"({checkpointing.reason})",
+    )
+    with set_up(config, loaded, examples, final[0], padding_free) as (setup, checkpointing):
+        machinery = describe_machinery(setup, loaded, final[1], checkpointing, graphs)
+        yield Prepared(setup, checkpointing, machinery)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -585,8 +677,6 @@ def train(
     up the machinery, run the loop, save the adapter folder (`sftgate.artifacts`). The base comes
     back as it was (`sftgate.resident.borrowed`: no LoRA layers, patches or flags left), and
     Liger's and the segment attention's patches are undone when the loop ends."""
-    from sftgate.graphed import settle_graphs, wanted_graphs
-
     clock = Stopwatch()
     inputs = read_inputs(config)
     out = Path(config.out)
@@ -597,49 +687,35 @@ def train(
     with clock.part("examples"):
         data = training_examples(config, loaded.tokenizer, inputs, base)
     config, epochs = steps_from_epochs(config, len(data.examples))
-    graphs = wanted_graphs(
-        config.cuda_graphs,
-        loaded.device,
-        config.params,
-        config.gradient_checkpointing,
-        config.kernels,
-    )
-    kernels, kernels_reason = resolve_kernels(config, loaded, cuda_graphs=graphs.on)
-    padding_free = resolve_padding_free(config, loaded)
-    with borrowed(loaded.model):
-        with ExitStack() as patches:
-            with clock.part("setup"):
-                if kernels == "liger":
-                    patches.enter_context(liger_kernels(loaded.model))
-                if padding_free:
-                    patches.enter_context(segment_attention(loaded.model))
-                lora = add_lora(loaded.model, config.params)
-                setup = TrainSetup.of(lora, loaded, padding_free, kernels)
-                checkpointing = decide_checkpointing(config, setup, data.examples)
-                set_checkpointing(setup.model, checkpointing.on)
-                graphs = settle_graphs(
-                    graphs, config.cuda_graphs, checkpointing.on, checkpointing.reason
-                )
-                machinery = describe_machinery(setup, loaded, kernels_reason, checkpointing, graphs)
-            with clock.part("train_steps"):
-                loop = train_loop(
-                    setup,
-                    data.examples,
-                    config.params,
-                    progress=progress,
-                    on_step=on_step,
-                    snapshot_steps=config.checkpoint_steps,
-                    cuda_graphs=graphs.on,
-                )
+    with ExitStack() as run:
+        with clock.part("setup"):
+            ready = run.enter_context(prepared(config, loaded, data.examples))
+        with clock.part("train_steps"):
+            loop = train_loop(
+                ready.setup,
+                data.examples,
+                config.params,
+                progress=progress,
+                on_step=on_step,
+                snapshot_steps=config.checkpoint_steps,
+                cuda_graphs=ready.machinery.cuda_graphs,
+            )
         metadata = adapter_metadata(
-            inputs, loaded, data, setup, machinery, checkpointing, loop, timings=clock.split()
+            inputs,
+            loaded,
+            data,
+            ready.setup,
+            ready.machinery,
+            ready.checkpointing,
+            loop,
+            timings=clock.split(),
         )
         metadata["steps_from_epochs"] = epochs  # None when max_steps was given
         save_adapter(
-            setup.model,
+            ready.setup.model,
             out,
             metadata,
-            also=lambda tmp: save_checkpoints(setup, loop, tmp, metadata),
+            also=lambda tmp: save_checkpoints(ready.setup, loop, tmp, metadata),
         )
     return TrainResult(out, metadata)
 

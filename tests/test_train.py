@@ -210,6 +210,154 @@ def test_kernels_auto_on_cpu_is_none():
     assert resolve_kernels(cfg.model_copy(update={"kernels": "none"}), loaded)[0] == "none"
 
 
+# --- kernels: auto once the CUDA graphs are settled -------------------------------------------
+# Liger needs CUDA and the probe step runs on CUDA only, so these test the decisions and the
+# order of the setup on the CPU: a stand-in liger_kernel module records what it was given, and a
+# scripted probe answers for decide_checkpointing. The model, LoRA, the patch contexts and the
+# base's restoration are the real ones.
+
+NEEDS = "auto: a step without it needs 30.0 GiB, budget 20.0 GiB"  # without Liger
+FITS = "auto: a step without it needs 15.0 GiB, budget 20.0 GiB"  # with Liger
+
+
+def lora_layers(model) -> int:
+    return sum(1 for name, _ in model.named_modules() if name.endswith("lora_A"))
+
+
+@pytest.fixture
+def fake_liger(monkeypatch):
+    """liger_kernel as resolve_kernels and liger_kernels import it; each patch records how many
+    LoRA layers the model held when it was patched."""
+    import sys
+    import types
+
+    patched: list[int] = []
+    package = types.ModuleType("liger_kernel")
+    transformers_ = types.ModuleType("liger_kernel.transformers")
+    monkey = types.ModuleType("liger_kernel.transformers.monkey_patch")
+    monkey.MODEL_TYPE_TO_APPLY_LIGER_FN = {"qwen3": None}
+    monkey._apply_liger_kernel_to_instance = lambda model, **kw: patched.append(lora_layers(model))
+    for module in (package, transformers_, monkey):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return patched
+
+
+@pytest.fixture
+def scripted_probe(monkeypatch):
+    """decide_checkpointing as on a card where the step fits without checkpointing only with
+    Liger's fused loss (`fits`, by `fused`, says); records each probe's `fused`."""
+    import sftgate.train
+    from sftgate.train import Checkpointing
+
+    probes: list[bool] = []
+    fits = {False: False, True: True}
+
+    def probe(config, setup, examples):
+        probes.append(setup.fused)
+        ok = fits[setup.fused]
+        return Checkpointing(not ok, FITS if ok else NEEDS, 2**30)
+
+    monkeypatch.setattr(sftgate.train, "decide_checkpointing", probe)
+    return probes, fits
+
+
+def cuda_looking():
+    import dataclasses
+
+    return dataclasses.replace(load_model("tiny-qwen3"), device="cuda")
+
+
+def test_final_kernels_follow_the_final_graphs(fake_liger, monkeypatch):
+    import sys
+
+    from sftgate.graphed import GraphChoice
+    from sftgate.train import final_kernels
+
+    loaded = cuda_looking()
+    cfg = TrainConfig(questions="q.json", out="o")
+    wanted = GraphChoice(True, "auto: on (CUDA, batch_size 1, grad_accum_steps 1)")
+    off = GraphChoice(False, f"auto: off, gradient checkpointing is on ({NEEDS})")
+    during = resolve_kernels(cfg, loaded, cuda_graphs=True)
+    assert during[0] == "none"
+    liger = ("liger", "auto: CUDA, model type 'qwen3', CUDA graphs off")
+    assert final_kernels(cfg, loaded, during, wanted, off) == liger
+    assert final_kernels(cfg, loaded, during, wanted, wanted) == during  # graphs stayed on
+    never = GraphChoice(False, "cuda_graphs: false")
+    for c in ({"kernels": "none"}, {"kernels": "liger"}, {"cuda_graphs": False}):
+        other = cfg.model_copy(update=c)
+        first = resolve_kernels(other, loaded, cuda_graphs=False)
+        assert final_kernels(other, loaded, first, never, never) == first
+    # Without liger-kernel the choice stays none, and says why: not the graphs any more.
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", None)
+    assert final_kernels(cfg, loaded, during, wanted, off) == (
+        "none",
+        "auto: liger-kernel is not installed (pip install 'sftgate[gpu]')",
+    )
+
+
+@pytest.mark.parametrize("fits_with_liger", [True, False])
+def test_kernels_auto_sets_up_again_with_liger_when_graphs_turn_off(
+    fake_liger, scripted_probe, fits_with_liger
+):
+    from sftgate.train import prepared
+
+    probes, fits = scripted_probe
+    fits[True] = fits_with_liger
+    loaded = cuda_looking()
+    cfg = TrainConfig(questions="q.json", out="o")
+    with prepared(cfg, loaded, random_examples([30])) as ready:
+        m = ready.machinery
+        assert (m.kernels, m.kernels_reason) == (
+            "liger",
+            "auto: CUDA, model type 'qwen3', CUDA graphs off",
+        )
+        assert ready.setup.fused and ready.setup.kernels == "liger"
+        assert (m.cuda_graphs, m.cuda_graphs_reason) == (
+            False,
+            f"auto: off, without Liger kernels a step needs gradient checkpointing ({NEEDS})",
+        )
+        assert m.optimizer == "AdamW (fused)"
+        # the second probe, with Liger, decides the checkpointing that runs
+        assert (m.gradient_checkpointing, m.gradient_checkpointing_reason) == (
+            (False, FITS) if fits_with_liger else (True, NEEDS)
+        )
+        assert ready.checkpointing.on is m.gradient_checkpointing
+        assert lora_layers(loaded.model) == 2 * 7  # one adapter: the first setup's is gone
+    assert probes == [False, True]  # without Liger (graphs wanted), then with it
+    assert fake_liger == [0]  # patched once, into the model before LoRA was added
+    assert lora_layers(loaded.model) == 0  # the base as it was
+
+
+def test_kernels_auto_stays_none_while_graphs_stay_on(fake_liger, scripted_probe, monkeypatch):
+    """A step that fits without checkpointing keeps the graphs, and Liger stays out; without
+    liger-kernel, graphs that turn off leave kernels none: one setup either way."""
+    import sys
+
+    from sftgate.train import prepared
+
+    probes, fits = scripted_probe
+    fits[False] = True
+    loaded = cuda_looking()
+    cfg = TrainConfig(questions="q.json", out="o")
+    with prepared(cfg, loaded, random_examples([30])) as ready:
+        m = ready.machinery
+        assert (m.kernels, m.cuda_graphs, m.gradient_checkpointing) == ("none", True, False)
+        assert m.kernels_reason.startswith("auto: none, CUDA graphs are on")
+        assert m.optimizer == "AdamW (fused, capturable)"
+    assert probes == [False] and fake_liger == []
+
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", None)
+    fits[False] = False
+    with prepared(cfg, loaded, random_examples([30])) as ready:
+        m = ready.machinery
+        assert (m.kernels, m.cuda_graphs, m.gradient_checkpointing) == ("none", False, True)
+        assert (
+            m.kernels_reason == "auto: liger-kernel is not installed (pip install 'sftgate[gpu]')"
+        )
+        assert m.cuda_graphs_reason == f"auto: off, gradient checkpointing is on ({NEEDS})"
+    assert probes == [False, False] and fake_liger == []
+
+
 def config(tmp_path: Path, **params) -> TrainConfig:
     return TrainConfig(
         model="tiny-qwen3",
