@@ -3,23 +3,31 @@
 The passages come from the study's index at its top_k (or from an index folder), the prompt from
 `sftgate.prompt.encode_prompt` (the function training and evaluation use), the model from
 `sftgate.evaluate.load_for_eval` (the adapter merged unless told otherwise, as `sftgate eval`
-does) and the answer from `sftgate.generate.greedy_generate`; the output is checked with the
-scorer's own `parse_output`, `schema_errors` and verbatim rules. There is no reference, so no
+does) and the answer from the study's decoding engine (`sftgate.generate.greedy_generate`, or
+vLLM); the output is checked with the scorer's own `parse_output`, `schema_errors` and verbatim rules. There is no reference, so no
 eval_score: the checks say whether the answer is well-formed and grounded in the passages.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sftgate.artifacts import read_adapter_metadata
 from sftgate.errors import InputError, MismatchError, Problem
-from sftgate.evaluate import DecodeSettings, check_adapter, load_for_eval, output_constraint
-from sftgate.generate import Engine, greedy_generate
+from sftgate.evaluate import (
+    DecodeSettings,
+    check_adapter,
+    check_engine,
+    load_for_eval,
+    output_constraint,
+    vllm_source,
+)
+from sftgate.generate import Generation, greedy_generate, vllm_generate
 from sftgate.index import Index, load_index
-from sftgate.models import Quantization, eos_token_ids
+from sftgate.models import LoadedModel, Quantization, eos_token_ids
 from sftgate.prompt import PromptTemplate, encode_prompt, load_prompt
 from sftgate.questions import Passage
 from sftgate.scoring import grounding, parse_output, schema_errors, verbatim_in
@@ -37,6 +45,7 @@ class Source:
     model: str | None = None
     quantization: Quantization = "auto"
     decode: DecodeSettings = field(default_factory=DecodeSettings)
+    origin: str = "command line"  # where `decode` comes from, for error messages
 
 
 def study_source(config_path: str | Path) -> Source:
@@ -63,6 +72,7 @@ def study_source(config_path: str | Path) -> Source:
         model=config.model,
         quantization=config.quantization,
         decode=config.decode,
+        origin=str(config_path),
     )
 
 
@@ -77,6 +87,7 @@ class Answer:
     adapter: str | None
     adapter_id: str | None
     merged: bool
+    engine: str  # the decoder that wrote the answer: static, hf or vllm
     index_version: str
     prompt_sha256: str
     passages: list[dict[str, Any]]  # source_path, text, score
@@ -136,11 +147,13 @@ def ask(
     adapter: str | None = None,
     merge: bool | None = None,
     max_new_tokens: int | None = None,
-    engine: Engine = "static",
+    engine: Literal["static", "hf", "vllm"] | None = None,
     allow_mismatch: bool = False,
 ) -> Answer:
-    """Retrieve, render, greedy-decode and check one question. An adapter trained with another
-    prompt, index or base model is refused unless `allow_mismatch`, as `sftgate eval` does."""
+    """Retrieve, render, greedy-decode and check one question, with the source's decoding
+    settings (a study's `decode`) where `merge`, `max_new_tokens` and `engine` are not given. An
+    adapter trained with another prompt, index or base model is refused unless `allow_mismatch`,
+    as `sftgate eval` does."""
     hits = source.index.search([question], source.top_k)[0]
     passages = [Passage(source_path=h.source_path, text=h.text) for h in hits]
     meta = read_adapter_metadata(adapter) if adapter else None
@@ -157,31 +170,20 @@ def ask(
                 f"adapter {adapter} does not match: " + "; ".join(mismatches) + " (pass "
                 "--allow-mismatch to ask anyway)"
             )
-    merged = (source.decode.merge if merge is None else merge) and adapter is not None
+    given = {"merge": merge, "max_new_tokens": max_new_tokens, "engine": engine}
+    decode = source.decode.model_copy(update={k: v for k, v in given.items() if v is not None})
+    check_engine(decode, adapter, source.origin)
+    merged = decode.merge and adapter is not None
     loaded = load_for_eval(model_id, adapter, meta, source.quantization, merged=merged)
     prompt = encode_prompt(loaded.tokenizer, source.template, question, passages)
-    eos = eos_token_ids(loaded.tokenizer, loaded.model)
-    [[gen]] = list(
-        greedy_generate(
-            loaded.model,
-            loaded.tokenizer,
-            [prompt],
-            batch_size=1,
-            max_new_tokens=max_new_tokens or source.decode.max_new_tokens,
-            eos_ids=eos,
-            engine=engine,
-            cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
-            constraint=output_constraint(
-                source.decode, loaded, eos
-            ),  # the study's decode.constrain
-        )
-    )
+    gen = decode_one(model_id, adapter, loaded, prompt, decode)
     return Answer(
         question=question,
         model_id=model_id,
         adapter=adapter,
         adapter_id=meta["adapter_id"] if meta else None,
         merged=merged,
+        engine=decode.engine,
         index_version=source.index.version,
         prompt_sha256=source.template.sha256,
         passages=[
@@ -194,3 +196,41 @@ def ask(
         finish_reason=gen.finish_reason,
         **check_output(gen.text, passages),
     )
+
+
+def decode_one(
+    model_id: str,
+    adapter: str | None,
+    loaded: LoadedModel,
+    prompt: list[int],
+    decode: DecodeSettings,
+) -> Generation:
+    """One prompt greedy-decoded as `sftgate eval` decodes it with these settings: vLLM from the
+    base or the merged model saved to a temporary folder (evaluation saves it under
+    DIR/merged-model), the other engines in process, under decode.constrain's grammar."""
+    eos = eos_token_ids(loaded.tokenizer, loaded.model)
+    if decode.engine == "vllm":
+        with tempfile.TemporaryDirectory(prefix="sftgate-ask-") as folder:
+            model_dir = vllm_source(model_id, adapter, loaded, Path(folder))
+            [gen] = vllm_generate(
+                model_dir,
+                loaded.tokenizer,
+                [prompt],
+                max_new_tokens=decode.max_new_tokens,
+                eos_ids=eos,
+            )
+        return gen
+    [[gen]] = list(
+        greedy_generate(
+            loaded.model,
+            loaded.tokenizer,
+            [prompt],
+            batch_size=1,
+            max_new_tokens=decode.max_new_tokens,
+            eos_ids=eos,
+            engine=decode.engine,
+            cuda_graph=loaded.device == "cuda" and not loaded.quantized_4bit,
+            constraint=output_constraint(decode, loaded, eos),
+        )
+    )
+    return gen

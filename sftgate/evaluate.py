@@ -178,7 +178,7 @@ def evaluate(
     passages, index_version = resolve_passages(questions, contexts)
     adapter_meta = read_adapter_metadata(config.adapter) if config.adapter else None
     mismatches = pin_mismatches(config, adapter_meta, template.sha256, index_version)
-    check_engine(config)
+    check_engine(config.decode, config.adapter, config.out)
     identity = eval_identity(config, adapter_meta, template, index_version, questions.version)
     out = Path(config.out)
     start_evaluation(out, identity)
@@ -316,14 +316,16 @@ def output_constraint(
     return make() if base is None else base.grammar((width, tuple(eos)), make)
 
 
-def check_engine(config: EvalConfig) -> None:
+def check_engine(decode: DecodeSettings, adapter: str | None, file: str) -> None:
+    """The decoding settings can run: the grammar's library and an engine that applies it, and
+    vLLM only on a merged adapter (`file` names where the settings came from)."""
     from sftgate.preflight import decode_problems, require
 
-    require(decode_problems(config.decode, config.out, "decode.constrain"))
-    if config.decode.engine == "vllm" and config.adapter is not None and not config.decode.merge:
+    require(decode_problems(decode, file, "decode.constrain"))
+    if decode.engine == "vllm" and adapter is not None and not decode.merge:
         raise InputError(
             Problem(
-                config.adapter,
+                adapter,
                 "",
                 "engine",
                 "--engine vllm decodes a merged model folder; it cannot use an unmerged adapter",
@@ -499,11 +501,7 @@ def vllm_batches(
 ) -> Iterator[list[Generation]]:
     """The questions not yet done, decoded by vLLM in one call (it schedules its own batches). An
     adapter is merged and saved under DIR/merged-model first, since vLLM loads a folder."""
-    source = config.model
-    if config.adapter is not None:
-        source = str(Path(config.out) / "merged-model")
-        loaded.model.save_pretrained(source)
-        loaded.tokenizer.save_pretrained(source)
+    source = vllm_source(config.model, config.adapter, loaded, Path(config.out) / "merged-model")
     gens = vllm_generate(
         source,
         loaded.tokenizer,
@@ -512,6 +510,15 @@ def vllm_batches(
         eos_ids=eos,
     )
     yield [replace(g, index=todo[g.index]) for g in gens]
+
+
+def vllm_source(model_id: str, adapter: str | None, loaded: LoadedModel, folder: Path) -> str:
+    """What vLLM loads: the base model, or with an adapter the merged model, saved to `folder`."""
+    if adapter is None:
+        return model_id
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 def row(qid: str, g: Generation) -> dict[str, Any]:

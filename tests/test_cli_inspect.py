@@ -234,6 +234,62 @@ def test_ask_names_what_is_missing_or_mismatched(searched, capsys):
     assert json.loads(capsys.readouterr().out)["index_version"]
 
 
+def study_with(searched: Searched, name: str, **decode: Any) -> Path:
+    """The searched study's YAML with other decode settings, beside it (same index and work)."""
+    import yaml
+
+    study = yaml.safe_load(searched.config.read_text(encoding="utf-8"))
+    study["decode"] |= decode
+    path = searched.root / name
+    path.write_text(yaml.safe_dump(study, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_ask_decodes_with_the_studys_engine(searched, capsys, monkeypatch):
+    """The study's decode.engine reaches the decoder (a spy that calls the real one), --engine
+    overrides it, and the answer names the engine that wrote it."""
+    import sftgate.ask
+
+    engines: list[str] = []
+    real = sftgate.ask.greedy_generate
+
+    def spy(*args, **kw):
+        engines.append(kw["engine"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sftgate.ask, "greedy_generate", spy)
+    hf = study_with(searched, "study_hf.yaml", engine="hf")
+    argv = ["ask", "--config", str(hf), "--adapter", str(searched.adapter), "--json", "VPN?"]
+    assert cli_json(capsys, argv)["engine"] == "hf" and engines == ["hf"]
+    assert cli_json(capsys, [*argv, "--engine", "static"])["engine"] == "static"
+    assert engines == ["hf", "static"]
+    argv[2] = str(searched.config)  # the study without decode.engine: static, its default
+    assert cli_json(capsys, argv)["engine"] == "static" and engines[-1] == "static"
+    assert main(argv[:-2] + ["VPN?"]) == 0
+    assert "; engine static; index " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ask_with_a_vllm_study_decodes_as_its_evaluation_would(searched, capsys):
+    """engine vllm: an unmerged adapter is refused before any model loads, as `sftgate eval`
+    refuses it; merged, the adapter goes to vLLM (which this machine lacks: the error says so)."""
+    import importlib.util
+
+    vllm = study_with(searched, "study_vllm.yaml", engine="vllm")
+    argv = ["ask", "--config", str(vllm), "--adapter", str(searched.adapter), "VPN?"]
+    assert main([*argv, "--no-merge"]) == 2
+    assert "it cannot use an unmerged adapter" in capsys.readouterr().err
+    unmerged = study_with(searched, "study_vllm_unmerged.yaml", engine="vllm", merge=False)
+    assert main(["ask", "--config", str(unmerged), *argv[3:]]) == 2
+    assert "it cannot use an unmerged adapter" in capsys.readouterr().err
+    # --engine static decodes the vllm study's question in process
+    assert cli_json(capsys, [*argv, "--engine", "static", "--json"])["engine"] == "static"
+    if importlib.util.find_spec("vllm") is None:
+        assert main(argv) == 1
+        assert "--engine vllm needs vLLM" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------- export
 
 

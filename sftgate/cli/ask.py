@@ -25,7 +25,10 @@ def print_answer(a: Answer) -> None:
     by = a.model_id + (
         f" + adapter {a.adapter} ({'merged' if a.merged else 'unmerged'})" if a.adapter else ""
     )
-    out.write(f"{by}; index {short(a.index_version)}; prompt sha256 {short(a.prompt_sha256)}\n")
+    out.write(
+        f"{by}; engine {a.engine}; index {short(a.index_version)}; "
+        f"prompt sha256 {short(a.prompt_sha256)}\n"
+    )
     out.write(f"passages ({len(a.passages)}):\n")
     for i, p in enumerate(a.passages, 1):
         text = " ".join(p["text"].split())
@@ -128,9 +131,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=["static", "hf"],
-        default="static",
-        help="static: sftgate's decoder (`sftgate eval`'s default); hf: transformers generate",
+        choices=["static", "hf", "vllm"],
+        help="static: sftgate's decoder; hf: transformers generate; vllm: if installed (default: "
+        "the study's decode.engine, static)",
     )
     p.add_argument(
         "--allow-mismatch",
