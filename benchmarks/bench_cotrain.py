@@ -1,4 +1,4 @@
-"""Co-training benchmark: a round's configs trained together on one base (sftgate/cotrain.py)
+"""Co-training benchmark: a round's configs trained together on one base (benchmarks/cotrain.py)
 against the same configs in separate processes sharing the GPU (what `parallel_runs` does today),
 in the same call.
 
@@ -15,7 +15,7 @@ each the completion). Every model is loaded as NF4 + double quantisation (bf16 c
 - `separate`: one process per config, each loading its own base, waiting at a barrier, then
   `sftgate.train.train_loop` (CUDA graphs, as `sftgate train` trains on CUDA); the wall time is
   from the barrier to the last process's end.
-- `cotrained`: one process, one base, `sftgate.cotrain.cotrain_loop` (CUDA graphs); the wall time
+- `cotrained`: one process, one base, `cotrain.cotrain_loop` (CUDA graphs); the wall time
   of the loop.
 - `numerics`: --check-steps steps with lora_dropout 0, each config alone (graphed) against the
   three co-trained: the loss curves' and the adapters' largest relative difference.
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from bench_step import MODELS, load_base, release  # noqa: E402 - benchmarks/ is on sys.path
 from bench_train import machine  # noqa: E402
+from cotrain import Member, add_members, cotrain_loop, member_parameters  # noqa: E402
 
-from sftgate.cotrain import Member, add_members, cotrain_loop, member_parameters
 from sftgate.params import TrainParams
 from sftgate.provenance import git_state
 from sftgate.train import Example, TrainSetup, add_lora, set_checkpointing, train_loop

@@ -1,14 +1,19 @@
-"""Co-training (sftgate/cotrain.py): members trained together on one base train as they would
-alone - the same loss curves and adapters as sftgate.train.train_loop gives each one by itself
-(CPU, fp32, no dropout) - leave the batch at their own max_steps, fail alone, and on a GPU the
-graphed co-step against the eager one."""
+"""Co-training (benchmarks/cotrain.py, the alternative that bench_cotrain.py measures): members
+trained together on one base train as they would alone - the same loss curves and adapters as
+sftgate.train.train_loop gives each one by itself (CPU, fp32, no dropout) - leave the batch at
+their own max_steps, fail alone, and on a GPU, graphed, agree with their graphed runs alone."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from sftgate.cotrain import (
+# benchmarks/ is no package: its scripts import each other as top-level modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cotrain import (  # noqa: E402
     Member,
     add_members,
     cotrain_loop,
@@ -17,6 +22,7 @@ from sftgate.cotrain import (
     routed,
     row_losses,
 )
+
 from sftgate.graphed import bucket_length, loss_positions, static_batch
 from sftgate.models import load_model
 from sftgate.params import TrainParams

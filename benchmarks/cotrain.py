@@ -1,5 +1,12 @@
 """Co-training: several batch-1 configs trained at once on one base, one row of the batch each.
 
+The alternative to separate processes that `bench_cotrain.py` measures; sftgate does not use it.
+On one H200 it was not faster than the round's runs in separate processes sharing the GPU (what
+`executor.parallel_runs` does): 0.67x on Gemma 3 270M, 1.06x on the Qwen3-4B shape
+(benchmarks/results/cotrain_h200_2026-12-01/README.md says why), so a round's runs stay in
+processes of their own. It stays here, tested (tests/test_cotrain.py), so that the measurement can
+be repeated on other GPUs and models.
+
 Separate runs sharing one GPU take turns on it (the GPU time-slices between processes), and each
 run's step dequantises every 4-bit weight again for its one 1-row batch. Co-training stacks each
 member's next example into a row of one batch and routes row k through member k's LoRA adapter
