@@ -84,9 +84,8 @@ def add_members(model: Any, members: Sequence[Member]) -> Any:
     `sftgate.train.add_lora` makes), the others `m1`, `m2`, ...; each initialised from its own
     seed, as `add_lora` would initialise it alone. All of them trainable."""
     import torch
-    from peft import LoraConfig
 
-    from sftgate.train import add_lora
+    from sftgate.train import add_lora, lora_config
 
     why = cotrainable([m.params for m in members])
     if why is not None:
@@ -94,18 +93,10 @@ def add_members(model: Any, members: Sequence[Member]) -> Any:
     peft_model = add_lora(model, members[0].params)
     members[0].name = "default"
     for k, member in enumerate(members[1:], start=1):
-        p = member.params
         member.name = f"m{k}"
-        torch.manual_seed(p.seed)
-        lora = LoraConfig(
-            r=p.lora_r,
-            lora_alpha=p.lora_alpha,
-            lora_dropout=p.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+        torch.manual_seed(member.params.seed)
         with libwarnings.quiet():
-            peft_model.add_adapter(member.name, lora)
+            peft_model.add_adapter(member.name, lora_config(member.params))
     for name, t in peft_model.named_parameters():
         if ".lora_" in name:
             t.requires_grad_(True)

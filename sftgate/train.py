@@ -512,6 +512,19 @@ def set_checkpointing(model: Any, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
+def lora_config(params: TrainParams) -> Any:
+    """PEFT's LoraConfig for the run: r, alpha and dropout from params, every linear projection."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
 def add_lora(model: Any, params: TrainParams, *, adapter_dtype: Any = None) -> Any:
     """LoRA on every linear projection (not the output layer); the base stays frozen.
 
@@ -522,19 +535,12 @@ def add_lora(model: Any, params: TrainParams, *, adapter_dtype: Any = None) -> A
     batches, but measured 2x slower on variable-length packed batches, so not the default.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     torch.manual_seed(params.seed)
-    lora = LoraConfig(
-        r=params.lora_r,
-        lora_alpha=params.lora_alpha,
-        lora_dropout=params.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
     model.config.use_cache = False
     with libwarnings.quiet():
-        peft_model = get_peft_model(model, lora)
+        peft_model = get_peft_model(model, lora_config(params))
     if adapter_dtype is not None:
         for t in peft_model.parameters():
             if t.requires_grad:

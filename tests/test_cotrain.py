@@ -155,8 +155,8 @@ def test_row_losses_are_each_rows_completion_loss():
         for k, member in enumerate(members):
             peft_model.set_adapter(member.name)
             want = completion_loss(peft_model, rows[k], fused=False)
-            assert float(got[k].detach()) == pytest.approx(float(want), rel=1e-5)
-        assert len({round(float(v), 4) for v in got}) == 3
+            assert float(got[k].detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+        assert len({round(float(v), 4) for v in got.detach()}) == 3
 
 
 def test_cotrainable_names_what_differs():
