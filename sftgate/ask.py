@@ -4,8 +4,9 @@ The passages come from the study's index at its top_k (or from an index folder),
 `sftgate.prompt.encode_prompt` (the function training and evaluation use), the model from
 `sftgate.evaluate.load_for_eval` (the adapter merged unless told otherwise, as `sftgate eval`
 does) and the answer from the study's decoding engine (`sftgate.generate.greedy_generate`, or
-vLLM); the output is checked with the scorer's own `parse_output`, `schema_errors` and verbatim rules. There is no reference, so no
-eval_score: the checks say whether the answer is well-formed and grounded in the passages.
+vLLM); the output is checked with the scorer's own `parse_output`, `schema_errors` and verbatim
+rules. There is no reference, so no eval_score: the checks say whether the answer is well-formed
+and grounded in the passages.
 """
 
 from __future__ import annotations
