@@ -172,6 +172,7 @@ def test_cotrainable_names_what_differs():
         )
 
 
+@pytest.mark.gpu
 @GPU
 def test_graphed_co_training_matches_the_runs_alone_on_cuda():
     """On a GPU the co-step is replayed as CUDA graphs (buckets x members still training):
