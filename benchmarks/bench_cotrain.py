@@ -43,7 +43,7 @@ from bench_train import machine  # noqa: E402
 from cotrain import Member, add_members, cotrain_loop, member_parameters  # noqa: E402
 
 from sftgate.params import TrainParams
-from sftgate.provenance import git_state
+from sftgate.provenance import git_state, source_sha256
 from sftgate.train import Example, TrainSetup, add_lora, set_checkpointing, train_loop
 
 ROUND_1 = ((2e-4, 200), (1e-4, 300), (3e-4, 150))  # the seed's round 1: (lr, max_steps)
@@ -229,6 +229,7 @@ def main() -> int:
         "benchmark": "bench_cotrain",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(Path(__file__).parent),
+        "source_sha256": source_sha256(),
         "machine": machine(device),
         "model": "tiny 2-layer Qwen3 (CPU dry run)" if args.tiny else args.model,
         "steps_scale": args.steps_scale,

@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 from studies import load_study, source_env  # benchmarks/ is on sys.path when a script runs
 
-from sftgate.provenance import library_versions
+from sftgate.provenance import library_versions, source_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sftgate" / "sample"
@@ -227,7 +227,13 @@ def run_tree(tree: str, src: Path, args: argparse.Namespace, model: str, home: P
     data = json.loads(recorded.read_text(encoding="utf-8"))
     log_tail = (root / "search.log").read_text(encoding="utf-8")[-1500:]
     return (
-        {"src": str(src), "git": git_state(src), "exit_code": code, "wall_s": round(wall, 1)}
+        {
+            "src": str(src),
+            "git": git_state(src),
+            "source_sha256": source_sha256(src / "sftgate"),  # the code, whatever git says
+            "exit_code": code,
+            "wall_s": round(wall, 1),
+        }
         | split(wall, data)
         | ({"log_tail": log_tail} if code != 0 else {})
     )

@@ -62,7 +62,7 @@ from shapes import QWEN3_0_6B, QWEN3_4B  # noqa: E402
 
 from sftgate.models import load_model, uses_sliding_window
 from sftgate.params import TrainParams
-from sftgate.provenance import git_state
+from sftgate.provenance import git_state, source_sha256
 from sftgate.train import (
     Example,
     TrainSetup,
@@ -280,6 +280,7 @@ def main() -> int:
         "benchmark": "bench_step",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(Path(__file__).parent),
+        "source_sha256": source_sha256(),
         "machine": machine(device),
         "model": "tiny 2-layer Qwen3 (CPU dry run)" if args.tiny else args.model,
         "params": PARAMS.model_dump(),

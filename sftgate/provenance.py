@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -54,6 +56,21 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def source_sha256(root: Path = PACKAGE) -> str:
+    """sha256 over the package's Python files (each one's path under `root` and its bytes, in
+    path order): the code that ran, also where the git state cannot say it (a copy of the tree
+    without its history, uncommitted changes, an installed wheel)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def device_name() -> str:
     import torch
 
@@ -65,6 +82,7 @@ def device_name() -> str:
 def provenance() -> dict[str, Any]:
     return {
         "git": git_state(),
+        "source_sha256": source_sha256(),
         "libraries": library_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),

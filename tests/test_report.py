@@ -28,6 +28,7 @@ PINS = {k: f"{k.split('_')[0]}-{'0123456789abcdef' * 4}" for k in PIN_KEYS} | {
 }
 PROVENANCE = {
     "git": {"commit": "0" * 40, "dirty": False},
+    "source_sha256": "ab" * 32,
     "libraries": {"peft": "0.21.0", "torch": "2.11.0", "transformers": "5.17.0"},
     "python": "3.12.3",
     "device": "NVIDIA H100 80GB HBM3",

@@ -205,7 +205,12 @@ def pins_and_provenance(study: Study, runs: Sequence[Run]) -> list[Block]:
                 "list",
                 [
                     f"sftgate commit `{git.get('commit')}`"
-                    + (" (with uncommitted changes)" if git.get("dirty") else ""),
+                    + (" (with uncommitted changes)" if git.get("dirty") else "")
+                    + (
+                        f"; source sha256 `{src[:12]}`"
+                        if (src := prov.get("source_sha256"))
+                        else ""
+                    ),
                     f"device: {prov.get('device')}; Python {prov.get('python')}",
                     f"libraries: {libs}",
                     "every run row in the registry carries its own provenance (`sftgate show RUN`)",
