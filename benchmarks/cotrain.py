@@ -38,10 +38,10 @@ from sftgate import libwarnings
 from sftgate.graphed import (
     CHECK_EVERY,
     bucket_length,
+    capturable_optimizer,
     check_losses,
     loss_positions,
     static_row,
-    tensor_lr_scheduler,
 )
 from sftgate.params import TrainParams
 from sftgate.train import (
@@ -204,9 +204,7 @@ def trainee(model: Any, member: Member, device: str, graphs: bool) -> Trainee:
     tensors = member_parameters(model, member.name)
     p = member.params
     if graphs:
-        lr = torch.tensor(p.lr, dtype=torch.float32, device="cuda")
-        optimizer = torch.optim.AdamW(tensors, lr=lr, weight_decay=0.0, fused=True, capturable=True)
-        scheduler = tensor_lr_scheduler(optimizer, p)
+        optimizer, scheduler = capturable_optimizer(tensors, p)
     else:
         fused = device == "cuda"
         optimizer = torch.optim.AdamW(tensors, lr=p.lr, weight_decay=0.0, fused=fused)

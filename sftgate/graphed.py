@@ -274,15 +274,13 @@ def whole_step(setup: TrainSetup, batch: Batch, optimizer: Any) -> Any:
     return loss
 
 
-def capturable_optimizer(setup: TrainSetup, p: TrainParams) -> tuple[Any, Any]:
+def capturable_optimizer(trainable: Sequence[Any], p: TrainParams) -> tuple[Any, Any]:
     """Fused AdamW whose state and learning rate live on the GPU, and transformers' scheduler,
     which fills that learning-rate tensor in place at each `scheduler.step()`."""
     import torch
 
     lr = torch.tensor(p.lr, dtype=torch.float32, device="cuda")
-    optimizer = torch.optim.AdamW(
-        setup.trainable, lr=lr, weight_decay=0.0, fused=True, capturable=True
-    )
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, fused=True, capturable=True)
     return optimizer, tensor_lr_scheduler(optimizer, p)
 
 
@@ -340,7 +338,7 @@ def graphed_loop(
     padded to buckets up to params.max_length."""
     import torch
 
-    optimizer, scheduler = capturable_optimizer(setup, p)
+    optimizer, scheduler = capturable_optimizer(setup.trainable, p)
     graphs = StepGraphs(setup, optimizer, loss_positions(examples), p.max_length)
     batches = shuffled_batches(examples, 1, p.seed)
     losses = torch.zeros(p.max_steps, dtype=torch.float32, device="cuda")
