@@ -44,7 +44,14 @@ from cotrain import Member, add_members, cotrain_loop, member_parameters  # noqa
 
 from sftgate.params import TrainParams
 from sftgate.provenance import git_state, source_sha256
-from sftgate.train import Example, TrainSetup, add_lora, set_checkpointing, train_loop
+from sftgate.train import (
+    Example,
+    TrainingFailed,
+    TrainSetup,
+    add_lora,
+    set_checkpointing,
+    train_loop,
+)
 
 ROUND_1 = ((2e-4, 200), (1e-4, 300), (3e-4, 150))  # the seed's round 1: (lr, max_steps)
 
@@ -110,7 +117,7 @@ def child(
                else round(loop.peak_memory_bytes / 2**30, 3), "losses": loop.losses})  # fmt: skip
     except Exception as e:
         traceback.print_exc()
-        with_barrier_broken(barrier)
+        break_barrier(barrier)
         q.put({"error": f"{type(e).__name__}: {str(e)[:500]}"})
 
 
@@ -123,7 +130,7 @@ def load_saved(args: argparse.Namespace, device: str) -> Any:
     return load_model(str(folder), quantization="4bit", device=device)
 
 
-def with_barrier_broken(barrier: Any) -> None:
+def break_barrier(barrier: Any) -> None:
     with contextlib.suppress(Exception):  # the others must not wait for this one
         barrier.abort()
 
@@ -170,7 +177,7 @@ def cotrained(
         ]
     finally:
         model.unload()
-    failed = [str(o) for o in outcomes if not hasattr(o, "losses")]
+    failed = [str(o) for o in outcomes if isinstance(o, TrainingFailed)]
     if failed:
         return {"status": f"error: {failed}"}, []
     runs = [{"max_steps": o.params.max_steps, "lr": o.params.lr, "wall_s": round(o.wall_s, 3),
